@@ -1,0 +1,49 @@
+"""Reward annotation of the clean splits, and the per-split reward distributions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from alol.errors import AlolError
+from alol.rewards import RewardFunction, reward_configs
+from alol.rewards.components import RewardInputs
+
+STATE_FILE = "reward_state.json"
+
+
+def reward_inputs(frame: pl.DataFrame) -> RewardInputs:
+    return RewardInputs(prompts=frame["prompt"].to_list(), completions=frame["completion"].to_list(),
+                        contexts=frame["context"].to_list())
+
+
+def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:
+    """The task's reward function; with `annotated_dir`, restored to the state annotate fitted."""
+    reward = RewardFunction(reward_configs(params), assets, f"{params.get('__file__', 'params.yaml')}: rewards")
+    if annotated_dir is not None:
+        path = Path(annotated_dir) / STATE_FILE
+        if not path.exists():
+            raise AlolError(f"{path}: missing; run the annotate stage first.")
+        reward.load_state(json.loads(path.read_text()))
+    return reward
+
+
+def distribution(values: np.ndarray) -> dict[str, float]:
+    q = np.quantile(values, [0.1, 0.5, 0.9]) if len(values) else [float("nan")] * 3
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
+            "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]), "max": float(np.max(values))}
+
+
+def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
+                    sources: dict[str, str]) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """Fit the reward on train, score every split. Returns (tables, fitted state, stats)."""
+    state = reward.fit(reward_inputs(splits["train"]))
+    out, stats = {}, {}
+    for name, frame in splits.items():
+        scores = reward(reward_inputs(frame), source=sources[name], row_ids=frame["prompt_id"].to_list())
+        out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
+        stats[name] = {col: distribution(values) for col, values in scores.items()}
+    return out, state, stats

@@ -1,0 +1,35 @@
+"""What every stage command shares: user errors printed plainly, with a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from typing import Callable
+
+from rich.console import Console
+
+from alol.errors import AlolError
+
+console = Console(stderr=True)
+
+
+def stage(fn: Callable) -> Callable:
+    """Wrap a stage's main function: AlolError -> red message and exit 1, timing on success."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        start = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except AlolError as err:
+            console.print(f"[bold red]error[/] ({fn.__module__.split('.')[-1]}): {err}", highlight=False)
+            sys.exit(1)
+        console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s")
+        return result
+
+    return wrapper

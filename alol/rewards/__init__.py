@@ -1,0 +1,119 @@
+"""The task's reward: named components and their weighted sum, configured in `rewards:`.
+
+One `RewardFunction` serves every stage that scores text (annotate, estimate_value,
+evaluate), so a reward means the same thing everywhere. Add a reward without touching the
+library with `type: python` (a function) or `type: hf_classifier` (any classifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from alol.errors import AlolError
+from alol.rewards.components import (Component, Diversity, HFClassifier, Positivity, PythonFunction, Relevance,
+                                     RewardInputs, Safety)
+
+BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "hf_classifier", "python")
+
+
+@dataclasses.dataclass
+class RewardComponentConfig:
+    """One entry under `rewards:`; the entry's key is the component's name (column `reward_<name>`)."""
+
+    type: str | None = None
+    """One of safety, positivity, relevance, diversity, hf_classifier, python. Defaults to the name."""
+    weight: float = 1.0
+    """Weight of this component in `reward` = sum of weight * component."""
+    model: str | None = None
+    """hf_classifier: hub id or local folder of an AutoModelForSequenceClassification."""
+    label: str | int | None = None
+    """hf_classifier: the label whose probability is the reward (name or index)."""
+    text_pair: str | None = None
+    """hf_classifier: null (completion alone), 'context' or 'prompt' as the first text of a pair."""
+    trust_remote_code: bool = False
+    """hf_classifier: allow the model's own Python code. Off by default: it runs arbitrary code."""
+    function: str | None = None
+    """python: 'module:function' taking (prompts, completions) and returning one float per row."""
+    batch_size: int = 64
+    """Rows per forward pass for model-based components."""
+
+
+def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: str) -> Component:
+    kind = cfg.type or name
+    if kind == "safety":
+        return Safety(assets, batch_size=max(cfg.batch_size, 256))
+    if kind == "positivity":
+        return Positivity()
+    if kind == "relevance":
+        return Relevance(assets, batch_size=cfg.batch_size)
+    if kind == "diversity":
+        return Diversity()
+    if kind == "hf_classifier":
+        if not cfg.model:
+            raise AlolError(f"{where}.model: hf_classifier needs a model (hub id or folder).")
+        return HFClassifier(cfg.model, cfg.label, cfg.text_pair, where, cfg.batch_size,
+                            trust_remote_code=cfg.trust_remote_code)
+    if kind == "python":
+        return PythonFunction(cfg.function, where)
+    hint = "" if cfg.type else f" (no `type:` given, so the name {name!r} was taken as the type)"
+    raise AlolError(f"{where}: unknown reward component type {kind!r}{hint}. Valid types: {', '.join(BUILTIN_TYPES)}.")
+
+
+class RewardFunction:
+    """reward_<name> per component and `reward` = their weighted sum, with every value checked."""
+
+    def __init__(self, configs: dict[str, RewardComponentConfig], assets: str | Path,
+                 where: str = "params.yaml: rewards"):
+        if not configs:
+            raise AlolError(f"{where}: no reward components configured; add at least one, e.g. `safety: {{weight: 1.0}}`.")
+        self.where = where
+        self.weights = {name: cfg.weight for name, cfg in configs.items()}
+        self.components = {name: build_component(name, cfg, Path(assets), f"{where}.{name}")
+                           for name, cfg in configs.items()}
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"reward_{name}" for name in self.components] + ["reward"]
+
+    def fit(self, train: RewardInputs) -> dict:
+        """Fit components that learn from train data; return their state (JSON-serialisable)."""
+        for component in self.components.values():
+            component.fit(train)
+        return self.state()
+
+    def state(self) -> dict:
+        return {name: c.state() for name, c in self.components.items() if c.state() is not None}
+
+    def load_state(self, state: dict) -> None:
+        for name, component in self.components.items():
+            if isinstance(component, Diversity):
+                component.load_state(state.get(name))
+
+    def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Score `rows`. `source` and `row_ids` only serve error messages (file and row)."""
+        out = {}
+        for name, component in self.components.items():
+            values = np.asarray(component.score(rows), dtype=np.float64) if len(rows) else np.zeros(0)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                row = int(bad[0])
+                rid = f" (prompt_id {row_ids[row]!r})" if row_ids else ""
+                raise AlolError(f"{self.where}.{name}: returned {values[row]} for row {row}{rid} of {source or 'the input'}; "
+                                f"every reward must be a finite number ({bad.size} bad row(s)).")
+            out[f"reward_{name}"] = values
+        out["reward"] = sum(self.weights[n] * out[f"reward_{n}"] for n in self.components) if out else np.zeros(0)
+        return out
+
+
+def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:
+    """The `rewards:` section of loaded params as component configs."""
+    from alol.params import from_dict
+
+    where = f"{params.get('__file__', 'params.yaml')}: rewards"
+    raw = params.get("rewards") or {}
+    if not isinstance(raw, dict):
+        raise AlolError(f"{where}: expected a mapping of component name -> settings.")
+    return {name: from_dict(RewardComponentConfig, cfg or {}, f"{where}.{name}") for name, cfg in raw.items()}

@@ -1,0 +1,218 @@
+"""Reward components. Each maps (prompt, completion, context) rows to one float per row.
+
+Built-ins (each in [0, 1]):
+  safety      1 - P(toxic) of the completion, Jigsaw BiLSTM (toxicity.py)
+  positivity  (VADER compound + 1) / 2 of the completion
+  relevance   (cosine(MiniLM(context), MiniLM(completion)) + 1) / 2
+  diversity   the A-LoL reference's tf-idf score; the vectorizer is fit on train completions
+Generic:
+  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder)
+  python         `module:function(prompts, completions) -> list[float]`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alol.errors import AlolError
+
+
+@dataclasses.dataclass
+class RewardInputs:
+    """The rows to score: parallel lists."""
+
+    prompts: list[str]
+    completions: list[str]
+    contexts: list[str]
+    """The text the completion replies to (the last user turn): what `relevance` compares against."""
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+class Component:
+    """Base class: override `score`; `fit` / `state` / `load_state` only if it learns from train data."""
+
+    def fit(self, train: RewardInputs) -> None:
+        pass
+
+    def state(self) -> dict | None:
+        return None
+
+    def load_state(self, state: dict | None) -> None:
+        pass
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Safety(Component):
+    def __init__(self, assets: Path, batch_size: int = 256):
+        from alol.rewards.toxicity import LABELS, ToxicityClassifier
+
+        self.classifier = ToxicityClassifier(assets / "toxicity")
+        self.toxic = LABELS.index("toxic")
+        self.batch_size = batch_size
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return 1.0 - self.classifier.probabilities(rows.completions, self.batch_size)[:, self.toxic]
+
+
+class Positivity(Component):
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return np.array([(self.analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in rows.completions])
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings (reproduces sentence-transformers' MiniLM)."""
+
+    def __init__(self, folder: str | Path, max_length: int = 256, batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_length, self.batch_size = max_length, batch_size
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        order = np.argsort([len(t) for t in texts])  # length-sorted batches: little padding
+        out = torch.empty(len(texts), self.model.config.hidden_size)
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[torch.as_tensor(idx)] = torch.nn.functional.normalize(pooled, dim=-1)
+        return out
+
+
+class Relevance(Component):
+    def __init__(self, assets: Path, batch_size: int = 64):
+        self.encoder = SentenceEncoder(assets / "minilm", batch_size=batch_size)
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        cos = (self.encoder.encode(rows.contexts) * self.encoder.encode(rows.completions)).sum(-1)
+        return ((cos.numpy() + 1) / 2).clip(0.0, 1.0)
+
+
+class Diversity(Component):
+    """Mean of the response's non-zero tf-idf entries, times (#non-zero)/10 when fewer than 5.
+
+    The vectorizer (scikit-learn's defaults: lowercase, 2+ char word tokens, smooth idf, L2
+    norm) is fit on train completions only, then stored as JSON (vocabulary + idf) so that
+    later stages score with exactly the same function.
+    """
+
+    def __init__(self):
+        self.vocabulary: dict[str, int] | None = None
+        self.idf: np.ndarray | None = None
+
+    def fit(self, train: RewardInputs) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer().fit(train.completions)
+        self.vocabulary = {term: int(i) for term, i in vec.vocabulary_.items()}
+        self.idf = vec.idf_.astype(np.float64)
+
+    def state(self) -> dict:
+        return {"vocabulary": self.vocabulary, "idf": self.idf.tolist()}
+
+    def load_state(self, state: dict | None) -> None:
+        if not state:
+            raise AlolError("the diversity reward has no fitted tf-idf state: run the annotate stage first.")
+        self.vocabulary, self.idf = state["vocabulary"], np.asarray(state["idf"])
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        if self.vocabulary is None:
+            raise AlolError("the diversity reward must be fit on train completions before scoring.")
+        counts = CountVectorizer(vocabulary=self.vocabulary).transform(rows.completions).tocsr().astype(np.float64)
+        tfidf = counts.multiply(self.idf).tocsr()
+        norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel())
+        scores = np.zeros(len(rows))
+        for row in range(len(rows)):
+            values = tfidf.data[tfidf.indptr[row]:tfidf.indptr[row + 1]] / max(norms[row], 1e-12)
+            if len(values):
+                scores[row] = values.mean() * (len(values) / 10 if len(values) < 5 else 1.0)
+        return scores
+
+
+class HFClassifier(Component):
+    """P(label) of a sequence classifier on the completion (optionally paired with context or prompt)."""
+
+    def __init__(self, model: str, label: str | int | None, text_pair: str | None, where: str,
+                 batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if text_pair not in (None, "context", "prompt"):
+            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context' or 'prompt'.")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model, trust_remote_code=trust_remote_code).eval()
+        except (OSError, ValueError) as err:
+            raise AlolError(f"{where}.model: could not load {model!r} as a sequence classifier: {err}") from None
+        labels = self.model.config.id2label
+        if self.model.config.num_labels == 1:
+            self.label = None  # one logit: P = sigmoid(logit)
+        elif isinstance(label, int) and label in labels:
+            self.label = label
+        elif isinstance(label, str) and label in self.model.config.label2id:
+            self.label = self.model.config.label2id[label]
+        else:
+            raise AlolError(f"{where}.label: {label!r} is not a label of {model}; its labels are {dict(labels)}.")
+        self.text_pair, self.batch_size, self.max_length = text_pair, batch_size, max_length
+
+    @torch.inference_mode()
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        pairs = {"context": rows.contexts, "prompt": rows.prompts, None: None}[self.text_pair]
+        out = []
+        for i in range(0, len(rows), self.batch_size):
+            texts = [rows.completions[i:i + self.batch_size]]
+            if pairs is not None:  # (context, completion): the classifier judges the reply given what it answers
+                texts.insert(0, pairs[i:i + self.batch_size])
+            enc = self.tokenizer(*texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            logits = self.model(**enc).logits.float()
+            probs = torch.sigmoid(logits[:, 0]) if self.label is None else logits.softmax(-1)[:, self.label]
+            out.append(probs)
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+class PythonFunction(Component):
+    """A user's `module:function(prompts, completions) -> sequence of floats` (one per row)."""
+
+    def __init__(self, function: str | None, where: str):
+        if not function or ":" not in function:
+            raise AlolError(f"{where}.function: give 'module:function' (the module importable from the "
+                            f"folder you run dvc in), got {function!r}.")
+        module_name, attr = function.split(":", 1)
+        try:
+            self.fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise AlolError(f"{where}.function: cannot import {function!r}: {err}") from None
+        self.name, self.where = function, where
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        values = self.fn(list(rows.prompts), list(rows.completions))
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise AlolError(f"{self.where}: {self.name} must return numbers, got {str(values)[:80]}") from None
+        if values.shape != (len(rows),):
+            raise AlolError(f"{self.where}: {self.name} returned {values.size} value(s) of shape {values.shape} "
+                            f"for {len(rows)} rows; it must return one float per (prompt, completion).")
+        return values

@@ -1,0 +1,36 @@
+"""annotate: score every row with the task's reward components and their weighted sum.
+
+    python stages/annotate.py data/clean data/assets data/annotated results/annotate/reward_stats.json
+"""
+
+from pathlib import Path
+
+import typer
+
+from alol.annotate import STATE_FILE, annotate_splits, load_reward
+from alol.cli import stage
+from alol.data.chitchat import SPLITS
+from alol.io import read_parquet, write_json, write_parquet
+from alol.params import load_params
+
+
+@stage
+def main(clean: Path = typer.Argument(..., help="Folder with the clean {train,validation,test}.parquet."),
+         assets: Path = typer.Argument(..., help="Output folder of the download stage."),
+         out: Path = typer.Argument(..., help="Folder for the annotated tables and the fitted reward state."),
+         stats_path: Path = typer.Argument(..., help="JSON of each component's distribution per split."),
+         params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `rewards:`).")):
+    reward = load_reward(load_params(params), assets)
+    sources = {name: str(clean / f"{name}.parquet") for name in SPLITS}
+    splits = {name: read_parquet(path, ["prompt_id", "prompt", "completion", "context"]) for name, path in sources.items()}
+    tables, state, stats = annotate_splits(splits, reward, sources)
+    # everything is computed before anything is written: a failure leaves no partial output
+    for name, frame in tables.items():
+        write_parquet(frame, out / f"{name}.parquet")
+    write_json(state, out / STATE_FILE)
+    write_json(stats, stats_path)
+    print({name: {col: round(s["mean"], 3) for col, s in split.items()} for name, split in stats.items()})
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,33 @@
+"""clean: conversations -> (prompt, completion) rows, filtered and split by conversation.
+
+    python stages/clean.py data/assets data/clean results/clean/stats.json
+"""
+
+from pathlib import Path
+
+import typer
+from transformers import AutoTokenizer
+
+from alol.cli import stage
+from alol.data.chitchat import CleanConfig, build_splits, load_conversations
+from alol.io import write_json, write_parquet
+from alol.params import BaseConfig, load_params, section
+
+
+@stage
+def main(assets: Path = typer.Argument(..., help="Output folder of the download stage."),
+         out: Path = typer.Argument(..., help="Folder for {train,validation,test}.parquet."),
+         stats_path: Path = typer.Argument(..., help="JSON of drop counts and split sizes (a DVC metric)."),
+         params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `base:` and `clean:`).")):
+    p = load_params(params)
+    base, cfg = section(p, "base", BaseConfig), section(p, "clean", CleanConfig)
+    tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
+    splits, stats = build_splits(load_conversations(assets / "chitchat" / "dataset.json"), tokenizer, cfg, base.seed)
+    for name, frame in splits.items():
+        write_parquet(frame, out / f"{name}.parquet")
+    write_json(stats, stats_path)
+    print(f"rows: {stats['rows']}  dropped: {stats['dropped']}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

