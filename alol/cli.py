@@ -7,13 +7,15 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from alol.errors import AlolError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break a path across lines
 
 
 def stage(fn: Callable) -> Callable:
@@ -27,7 +29,7 @@ def stage(fn: Callable) -> Callable:
         try:
             result = fn(*args, **kwargs)
         except AlolError as err:
-            console.print(f"[bold red]error[/] ({fn.__module__.split('.')[-1]}): {err}", highlight=False)
+            console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}): {escape(str(err))}", highlight=False)
             sys.exit(1)
         console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s")
         return result
