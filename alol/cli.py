@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,8 @@ def stage(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        # peft still calls a transformers property deprecated for v6; nothing for a user to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         start = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
@@ -35,3 +38,25 @@ def stage(fn: Callable) -> Callable:
         return result
 
     return wrapper
+
+
+class LiveLog:
+    """Training curves through DVCLive inside the stage's own output folder (no dvc.yaml edits)."""
+
+    def __init__(self, folder: Path, resume: bool = False):
+        from dvclive import Live
+
+        self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, resume=resume)
+        self.history: list[dict] = []
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        self.live.step = step
+        for key, value in metrics.items():
+            self.live.log_metric(key, value)
+        self.live.next_step()
+        self.history.append({"step": step, **metrics})
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "grad_norm", "tokens_per_second")}
+        console.print(f"step {step}: {shown}", highlight=False)
+
+    def close(self) -> None:
+        self.live.end()

@@ -26,6 +26,10 @@ class BaseConfig:
 
     seed: int = 901
     """Seed for every random choice: splits, sampling plans, initialisation, dropout."""
+    max_prompt_tokens: int = 256
+    """Prompts are left-truncated to this many policy tokens wherever a model reads them."""
+    max_completion_tokens: int = 48
+    """Completions (EOS included) are right-truncated to this many tokens when trained on."""
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -101,3 +101,21 @@ def tiny_pipeline(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_assets(tiny_pipeline) -> Path:
     return tiny_pipeline / "data" / "assets"
+
+
+def build_tiny_llama(path: Path | None = None, tokenizer=None, seed: int = 0):
+    """A 2-layer random Llama (tied embeddings, like SmolLM2) over the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    if path is not None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return model

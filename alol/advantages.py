@@ -1,0 +1,71 @@
+"""Advantages A = R - V(x) of every training row, and the sampling plans (spec section 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from alol.errors import AlolError
+from alol.plan import plan_frame, priority_plan, uniform_plan
+
+STRATEGIES = ("uniform", "good_priority", "all_priority", "reward_priority", "pairs")
+
+
+@dataclasses.dataclass
+class PlanConfig:
+    """`plan:` how many optimizer steps, and which rows each step trains on."""
+
+    steps: int = 20
+    """Optimizer steps of a full run. good_priority / all_priority runs take steps x positive fraction."""
+    seed_offset: int = 0
+    """Added to base.seed for the draw (to get another plan with the same data)."""
+
+
+def with_advantages(frame: pl.DataFrame, token_logps: list[list[float]], values: np.ndarray) -> pl.DataFrame:
+    if not np.isfinite(frame["reward"].to_numpy()).all():
+        raise AlolError("the reward column has NaN or inf values; fix the reward function and rerun annotate.")
+    return frame.with_columns(
+        pl.Series("ref_token_logps", token_logps, dtype=pl.List(pl.Float32)),
+        pl.Series("ref_logp", [float(np.sum(t)) for t in token_logps], dtype=pl.Float64),
+        pl.Series("value", values, dtype=pl.Float64),
+    ).with_columns((pl.col("reward") - pl.col("value")).alias("advantage"))
+
+
+def make_plans(frame: pl.DataFrame, cfg: PlanConfig, batch_size: int, seed: int,
+               pairs: int = 0) -> tuple[pl.DataFrame, dict]:
+    """Every strategy's plan in one table (column `strategy`), so that changing the algorithm
+    never reruns this stage; `pairs` preference pairs get uniform passes. Also the step counts."""
+    advantage = frame["advantage"].to_numpy()
+    reward = frame["reward"].to_numpy()
+    positive = advantage > 0
+    best = frame["candidate"].to_numpy() == 0 if "candidate" in frame.columns else np.ones(len(frame), bool)
+    positive_fraction = float(positive[best].mean())
+    scaled = max(1, int(round(cfg.steps * positive_fraction)))
+    plans = {"uniform": uniform_plan(int(best.sum()), cfg.steps, batch_size, seed)}
+    plans["uniform"] = np.flatnonzero(best)[plans["uniform"]]
+    if positive[best].any():  # the paper's setting: only the best candidate, proportional to A+
+        plans["good_priority"] = priority_plan(np.where(best, advantage, 0), scaled, batch_size, seed)
+        plans["all_priority"] = priority_plan(advantage, max(1, int(round(cfg.steps * positive.mean()))),
+                                              batch_size, seed)
+    if pairs:
+        plans["pairs"] = uniform_plan(pairs, cfg.steps, batch_size, seed)
+    if (reward[best] > 0).any():
+        plans["reward_priority"] = priority_plan(np.where(best, reward, 0), cfg.steps, batch_size, seed)
+    table = pl.concat([plan_frame(p).with_columns(pl.lit(name).alias("strategy")) for name, p in plans.items()])
+    steps = {name: int(p.shape[0]) for name, p in plans.items()}
+    return table, {"positive_fraction": positive_fraction, "steps": steps}
+
+
+def select_plan(plans: pl.DataFrame, strategy: str) -> np.ndarray:
+    from alol.plan import plan_from_frame
+
+    chosen = plans.filter(pl.col("strategy") == strategy)
+    if chosen.is_empty():
+        reason = ("no row has a positive advantage: check the value fit (results/estimate_value/metrics.json) "
+                  "and the reward scale" if "priority" in strategy and strategy != "reward_priority"
+                  else "no row has a positive reward")
+        raise AlolError(f"sampling_strategy {strategy!r} has no plan: {reason}; or use sampling_strategy: uniform.")
+    return plan_from_frame(chosen.drop("strategy"))

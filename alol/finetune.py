@@ -1,0 +1,123 @@
+"""Finetuning with any algorithm: settings, validation, and the loss a training batch gets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from alol import losses
+from alol.errors import AlolError
+from alol.sequences import completion_logps
+from alol.train import TrainConfig
+
+AUTO_STRATEGY = {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority", "r_lol": "reward_priority",
+                 "a_lol": "good_priority", "a_lol_ref_free": "good_priority", "a_lol_seq": "good_priority",
+                 "a_lol_kl": "good_priority"}
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """`finetune:` the algorithm's settings (the algorithm itself is the top-level `algorithm`)."""
+
+    ppo_clip: float = 0.2
+    """eps: importance ratios are clamped to [1 - eps, 1 + eps] (reference: 0.2 small tasks, 0.9 HH)."""
+    kl_beta: float = 0.1
+    """beta of a_lol_kl's KL term (must be > 0 for a_lol_kl)."""
+    sampling_strategy: str = "auto"
+    """auto (by algorithm: A-LoL -> good_priority, wbc/r_gold/r_lol -> reward_priority, else uniform),
+    uniform, good_priority, all_priority or reward_priority."""
+    dpo_beta: float = 0.1
+    """DPO's beta."""
+    pro_sft_weight: float = 0.05
+    """PRO's weight of the NLL term on the best candidate."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Optimiser, schedule and batching."""
+
+
+def check_algorithm(algorithm: str, cfg: FinetuneConfig) -> str:
+    """Validate the combination; return the sampling strategy to use."""
+    if algorithm not in losses.ALGORITHMS:
+        raise AlolError(f"unknown algorithm {algorithm!r}; valid: {', '.join(losses.ALGORITHMS)}.")
+    if algorithm == "a_lol_kl" and cfg.kl_beta <= 0:
+        raise AlolError(f"a_lol_kl needs finetune.kl_beta > 0 (got {cfg.kl_beta}); with 0 it is a_lol_ref_free.")
+    if algorithm in losses.RATIO_BASED and cfg.ppo_clip <= 0:
+        raise AlolError(f"{algorithm} needs finetune.ppo_clip > 0 (got {cfg.ppo_clip}): with 0 every ratio is "
+                        "clamped to exactly 1. Use a_lol_ref_free for a ratio-free run.")
+    if algorithm in losses.PREFERENCE:
+        return "pairs"  # uniform passes over the preference pairs
+    strategy = AUTO_STRATEGY[algorithm] if cfg.sampling_strategy == "auto" else cfg.sampling_strategy
+    from alol.advantages import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise AlolError(f"unknown finetune.sampling_strategy {strategy!r}; valid: auto, {', '.join(STRATEGIES)}.")
+    return strategy
+
+
+def offline_loss_fn(algorithm: str, cfg: FinetuneConfig):
+    """loss_fn(model, batch) -> (per-example loss, stats) for the training loop."""
+    loss = losses.OFFLINE_LOSSES[algorithm]
+
+    def loss_fn(model, batch):
+        logps = completion_logps(model, batch)
+        mask = batch["completion_mask"]
+        per_example = loss(logps=logps, mask=mask, reward=batch.get("reward"), advantage=batch.get("advantage"),
+                           ref_logps=batch.get("ref_token_logps"), ppo_clip=cfg.ppo_clip, kl_beta=cfg.kl_beta)
+        stats = losses.offline_stats(logps, mask, batch.get("ref_token_logps"), batch.get("advantage"),
+                                     cfg.ppo_clip if algorithm in losses.RATIO_BASED else None)
+        return per_example, stats
+
+    return loss_fn
+
+
+def preference_loss_fn(algorithm: str, cfg: FinetuneConfig, candidates: int):
+    """Rows are `candidates` sequences each, best first (dpo: chosen, rejected)."""
+
+    def loss_fn(model, batch):
+        logps = completion_logps(model, batch)
+        mask = batch["completion_mask"]
+        seq = (logps * mask).sum(-1).view(-1, candidates)
+        if algorithm in ("dpo", "dpo_ref_free"):
+            ref = (batch["ref_chosen_logp"], batch["ref_rejected_logp"]) if algorithm == "dpo" else (None, None)
+            per_example = losses.dpo(seq[:, 0], seq[:, 1], *ref, beta=cfg.dpo_beta)
+            margin = seq[:, 0] - seq[:, 1]
+            return per_example, {"rewards/margin": margin.mean().item(), "logps/chosen": seq[:, 0].mean().item(),
+                                 "logps/rejected": seq[:, 1].mean().item()}
+        scores = seq / mask.sum(-1).view(-1, candidates)  # length-normalised
+        rewards = torch.stack([batch[f"reward_{k}"] for k in range(candidates)], dim=1)
+        per_example = losses.pro(scores, rewards, -seq[:, 0], sft_weight=cfg.pro_sft_weight)
+        return per_example, {"logps/best": seq[:, 0].mean().item()}
+
+    return loss_fn
+
+
+def offline_rows(frame, tokenizer, algorithm: str, max_prompt_tokens: int, max_completion_tokens: int, source: str):
+    """One sequence per row, and the precomputed columns the algorithm's loss reads."""
+    from alol.sequences import encode
+
+    examples = encode(tokenizer, frame["prompt"].to_list(), frame["completion"].to_list(), max_prompt_tokens,
+                      max_completion_tokens)
+    extras = {"reward": frame["reward"].to_list()}
+    if algorithm in losses.NEEDS_ADVANTAGE:
+        extras["advantage"] = frame["advantage"].to_list()
+    if algorithm in losses.NEEDS_REF:
+        extras["ref_token_logps"] = frame["ref_token_logps"].to_list()
+        bad = [i for i, (e, r) in enumerate(zip(examples, extras["ref_token_logps"])) if len(e.completion_ids) != len(r)]
+        if bad:
+            raise AlolError(f"{source} row {bad[0]}: ref_token_logps has a different length than the completion's "
+                            "tokens; base.max_completion_tokens changed since the advantages stage ran. Rerun it "
+                            "(dvc repro).")
+    return [[e] for e in examples], extras
+
+
+def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tokens: int):
+    """(chosen, rejected) sequences per row, with the reference log-probs and rewards of both."""
+    from alol.sequences import encode
+
+    prompts = pairs["prompt"].to_list()
+    chosen = encode(tokenizer, prompts, pairs["chosen"].to_list(), max_prompt_tokens, max_completion_tokens)
+    rejected = encode(tokenizer, prompts, pairs["rejected"].to_list(), max_prompt_tokens, max_completion_tokens)
+    extras = {"ref_chosen_logp": pairs["ref_chosen_logp"].to_list(),
+              "ref_rejected_logp": pairs["ref_rejected_logp"].to_list(),
+              "reward_0": pairs["chosen_reward"].to_list(), "reward_1": pairs["rejected_reward"].to_list()}
+    return [[c, r] for c, r in zip(chosen, rejected)], extras

@@ -1,0 +1,69 @@
+"""Batched generation from a policy, cut at stop strings; the one place prompts become replies."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """How replies are generated (validation and evaluation)."""
+
+    max_new_tokens: int = 40
+    """Upper bound on reply length."""
+    num_beams: int = 1
+    """1: greedy (default) or sampling; > 1: beam search (the reference's small tasks: 2)."""
+    do_sample: bool = False
+    """Sample instead of greedy / beam decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with do_sample)."""
+    temperature: float = 1.0
+    """Sampling temperature (with do_sample)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages repeats (the reference's small tasks: 2.5)."""
+    stop_strings: list[str] = dataclasses.field(default_factory=list)
+    """Stop at, and cut the reply before, any of these strings; EOS always stops."""
+    batch_size: int = 16
+    """Prompts per generate() call (sorted by length to limit padding)."""
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_prompt_tokens: int, seed: int = 0) -> tuple[list[str], int]:
+    """Replies in the order of `prompts`, and the number of generated tokens."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    encoded = [ids[-max_prompt_tokens:] for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    replies, generated = [""] * len(prompts), 0
+    torch.manual_seed(seed)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            attention[row, width - len(encoded[i]):] = 1
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=cfg.max_new_tokens,
+            num_beams=cfg.num_beams, do_sample=cfg.do_sample, top_p=cfg.top_p if cfg.do_sample else None,
+            temperature=cfg.temperature if cfg.do_sample else None, repetition_penalty=cfg.repetition_penalty,
+            stop_strings=cfg.stop_strings or None, tokenizer=tokenizer if cfg.stop_strings else None,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[:new.index(tokenizer.eos_token_id)]
+            generated += len(new)
+            replies[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_strings)
+    return replies, generated
+
+
+def cut_at_stop(text: str, stop_strings: list[str]) -> str:
+    for stop in stop_strings:
+        if stop in text:
+            text = text[:text.index(stop)]
+    return text.strip()

@@ -1,0 +1,83 @@
+"""Tokenised (prompt, completion) rows, left-padded batches, and completion-only log-probs.
+
+Batches are LEFT-padded so that every completion ends at the last position: the LM head then
+runs only on the last K + 1 positions (K = longest completion in the batch) through
+transformers' `logits_to_keep`, never on prompt tokens we do not train on. With a 49k
+vocabulary the head is about a fifth of a small model's forward cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass
+class Example:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    """The completion's tokens, EOS included."""
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+def encode(tokenizer, prompts: list[str], completions: list[str], max_prompt_tokens: int,
+           max_completion_tokens: int) -> list[Example]:
+    """Prompt left-truncated, completion right-truncated, EOS appended (it is part of y)."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [Example(p[-max_prompt_tokens:], c[:max_completion_tokens - 1] + [eos])
+            for p, c in zip(prompt_ids, completion_ids)]
+
+
+def collate(examples: list[Example], pad_id: int, extras: dict[str, list] | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded input_ids / attention_mask / position_ids, and (B, K) completion tensors.
+
+    `extras` maps a name to one value per example: scalars become (B,) tensors; per-token lists
+    (like the reference's token log-probs) are right-aligned into (B, K) like the completion.
+    """
+    width = max(e.length for e in examples)
+    k = max(len(e.completion_ids) for e in examples)
+    batch = len(examples)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, width), dtype=torch.long)
+    completion_mask = torch.zeros((batch, k))
+    for i, e in enumerate(examples):
+        ids = e.prompt_ids + e.completion_ids
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        attention[i, width - len(ids):] = 1
+        completion_mask[i, k - len(e.completion_ids):] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention,
+           "position_ids": (attention.cumsum(-1) - 1).clamp(min=0), "completion_mask": completion_mask}
+    for name, values in (extras or {}).items():
+        if np.ndim(values[0]) == 0:
+            out[name] = torch.tensor(np.asarray(values, dtype=np.float32))
+        else:
+            tensor = torch.zeros((batch, k))
+            for i, v in enumerate(values):
+                tensor[i, k - len(v):] = torch.as_tensor(np.asarray(v, dtype=np.float32))
+            out[name] = tensor
+    return out
+
+
+def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, K) log pi(y_t | x, y_<t) on completion tokens (0 on padding), logits only where needed."""
+    k = batch["completion_mask"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=k + 1, use_cache=False).logits[:, :-1].float()
+    targets = batch["input_ids"][:, -k:]
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return logps * batch["completion_mask"]
+
+
+def length_grouped(indices: list[int], lengths: list[int], micro_batch: int) -> list[list[int]]:
+    """Split one optimizer step's rows into micro-batches of similar length (less padding).
+
+    The step's update is a sum over all its rows, so regrouping them changes nothing but speed."""
+    order = sorted(indices, key=lambda i: lengths[i])
+    return [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]

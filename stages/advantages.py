@@ -1,0 +1,58 @@
+"""advantages: one frozen-reference pass over the train rows gives ref_token_logps, ref_logp and
+(through the value head on the same pass's prompt states) value; advantage = reward - value.
+
+    python stages/advantages.py data/annotated models/reference models/value data/advantages results/advantages
+"""
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from alol.advantages import with_advantages
+from alol.cli import stage
+from alol.io import read_parquet, write_json, write_parquet
+from alol.model import ModelConfig, load_tokenizer, tokenizer_fingerprint
+from alol.params import BaseConfig, load_params, section
+from alol.policy import load_frozen, table_examples
+from alol.reference import reference_pass
+from alol.value import ValueHead, predict
+
+
+@stage
+def main(annotated: Path = typer.Argument(..., help="Folder with the annotated train.parquet."),
+         reference: Path = typer.Argument(..., help="The reference policy folder."),
+         value: Path = typer.Argument(..., help="The value head folder."),
+         out: Path = typer.Argument(..., help="Folder for train.parquet with the reference columns."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json and the advantage histogram."),
+         batch_size: int = typer.Option(16, help="Rows per reference forward pass."),
+         params: Path = typer.Option(Path("params.yaml"), help="Reads base and model.")):
+    import time
+
+    p = load_params(params)
+    base = section(p, "base", BaseConfig)
+    frame = read_parquet(annotated / "train.parquet", ["prompt", "completion", "reward"])
+    tokenizer = load_tokenizer(reference)
+    model = load_frozen(reference, section(p, "model", ModelConfig))
+    examples = table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)
+    tic = time.perf_counter()
+    token_logps, states = reference_pass(model, examples, tokenizer.pad_token_id, batch_size)
+    seconds = time.perf_counter() - tic
+    head, _ = ValueHead.load(value)
+    table = with_advantages(frame, token_logps, predict(head, states))
+    advantage = table["advantage"].to_numpy()
+    counts, edges = np.histogram(advantage, bins=20)
+    write_parquet(table, out / "train.parquet")
+    write_json({"tokenizer": tokenizer_fingerprint(tokenizer)}, out / "meta.json")
+    write_json([{"advantage": float((a + b) / 2), "rows": int(c)} for a, b, c in zip(edges, edges[1:], counts)],
+               results / "histogram.json")
+    metrics = {"positive_fraction": float((advantage > 0).mean()), "advantage_mean": float(advantage.mean()),
+               "advantage_std": float(advantage.std()), "value_mean": float(table["value"].mean()),
+               "reward_mean": float(table["reward"].mean()), "rows": table.height,
+               "reference_tokens_per_second": sum(e.length for e in examples) / seconds}
+    write_json(metrics, results / "metrics.json")
+    print({k: round(v, 4) for k, v in metrics.items()})
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,64 @@
+"""estimate_value: V(x) of the reference: its greedy replies to validation prompts, scored with
+the task reward, fit by an attention value head on its prompt states.
+
+    python stages/estimate_value.py data/annotated data/assets models/reference models/value results/estimate_value
+"""
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import typer
+
+from alol.annotate import load_reward, reward_inputs
+from alol.cli import stage
+from alol.generate import generate
+from alol.io import atomic_path, read_parquet, write_json, write_parquet
+from alol.model import ModelConfig, load_tokenizer
+from alol.params import BaseConfig, load_params, section
+from alol.policy import load_frozen
+from alol.reference import reference_pass
+from alol.sequences import Example
+from alol.value import ValueConfig, fit_value_head, reward_range
+
+
+@stage
+def main(annotated: Path = typer.Argument(..., help="Folder with the annotated validation.parquet."),
+         assets: Path = typer.Argument(..., help="Output folder of the download stage."),
+         reference: Path = typer.Argument(..., help="The reference policy folder."),
+         out: Path = typer.Argument(..., help="Folder for the value head (safetensors + config.json)."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json, the fit curve and the generations."),
+         params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, rewards, estimate_value.")):
+    import time
+    import torch
+
+    p = load_params(params)
+    base, cfg = section(p, "base", BaseConfig), section(p, "estimate_value", ValueConfig)
+    frame = read_parquet(annotated / "validation.parquet", ["prompt_id", "prompt", "context"])
+    tokenizer = load_tokenizer(reference)
+    model = load_frozen(reference, section(p, "model", ModelConfig))
+    tic = time.perf_counter()
+    replies, generated = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens,
+                                  base.seed)
+    generation_seconds = time.perf_counter() - tic
+    reward = load_reward(p, assets, annotated)
+    generations = frame.select("prompt_id", "prompt", "context").with_columns(pl.Series("completion", replies))
+    scores = reward(reward_inputs(generations), source="reference generations", row_ids=frame["prompt_id"].to_list())
+    generations = generations.with_columns(*(pl.Series(k, v) for k, v in scores.items()))
+    prompts = tokenizer(frame["prompt"].to_list(), add_special_tokens=False)["input_ids"]
+    examples = [Example(ids[-base.max_prompt_tokens:], []) for ids in prompts]
+    _, states = reference_pass(model, examples, tokenizer.pad_token_id)
+    low, high = reward_range(cfg, p)
+    head, quality, curve = fit_value_head(states, scores["reward"], cfg, low, high, base.seed)
+    with atomic_path(out) as tmp:
+        head.save(tmp, {"reward_range": [low, high], **quality})
+    write_parquet(generations, results / "generations.parquet")
+    write_json(curve, results / "fit_curve.json")
+    write_json({**quality, "mean_generated_reward": float(np.mean(scores["reward"])),
+                "generated_tokens_per_second": generated / generation_seconds,
+                "mean_generated_tokens": generated / len(replies)}, results / "metrics.json")
+    print({k: round(v, 4) for k, v in quality.items()}, "mean reward", round(float(np.mean(scores["reward"])), 4))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,78 @@
+"""finetune: train the policy with `algorithm` from the reference, on the precomputed columns.
+
+The frozen reference is never loaded: its log-probs and the value are Parquet columns.
+
+    python stages/finetune.py data/advantages data/plans.parquet models/reference models/policy results/finetune
+    accelerate launch --num_processes 2 stages/finetune.py ...     # DDP / ZeRO / FSDP, same code
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import typer
+
+from alol.cli import LiveLog, stage
+from alol.errors import AlolError
+from alol.finetune import (FinetuneConfig, check_algorithm, offline_loss_fn, offline_rows, preference_loss_fn,
+                           preference_rows)
+from alol.advantages import select_plan
+from alol.io import atomic_path, read_parquet, write_json
+from alol.losses import PREFERENCE
+from alol.pairs import PAIR_COLUMNS
+from alol.model import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
+from alol.params import BaseConfig, load_params, section
+from alol.policy import load_trainable
+from alol.train import summarize, train
+
+
+@stage
+def main(advantages: Path = typer.Argument(..., help="The advantages stage's folder (train.parquet, meta.json)."),
+         plans: Path = typer.Argument(..., help="The plan stage's Parquet."),
+         reference: Path = typer.Argument(..., help="The reference policy folder (training starts from it)."),
+         out: Path = typer.Argument(..., help="Folder for the fine-tuned policy (model or adapter)."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json and the DVCLive curves."),
+         pairs: Path = typer.Option(None, help="The sample stage's preference pairs (dpo, dpo_ref_free, pro)."),
+         checkpoint_dir: Path = typer.Option(None, help="Resumable checkpoints (kept outside DVC outputs)."),
+         params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, algorithm, finetune.")):
+    import torch
+
+    p = load_params(params)
+    base, cfg = section(p, "base", BaseConfig), section(p, "finetune", FinetuneConfig)
+    algorithm = p.get("algorithm", "a_lol")
+    strategy = check_algorithm(algorithm, cfg)
+    tokenizer = load_tokenizer(reference)
+    meta = json.loads((advantages / "meta.json").read_text())
+    if meta["tokenizer"] != tokenizer_fingerprint(tokenizer):
+        raise AlolError(f"the policy tokenizer ({reference}) differs from the one {advantages} was computed with; "
+                        "rerun the advantages stage with this policy (dvc repro).")
+    if algorithm in PREFERENCE:
+        if pairs is None:
+            raise AlolError(f"{algorithm} trains on preference pairs: pass --pairs (the sample stage's output).")
+        rows, extras = preference_rows(read_parquet(pairs, PAIR_COLUMNS), tokenizer, base.max_prompt_tokens,
+                                       base.max_completion_tokens)
+        loss_fn = preference_loss_fn(algorithm, cfg, candidates=2)
+    else:
+        table = advantages / "train.parquet"
+        frame = read_parquet(table, ["prompt", "completion", "reward", "advantage", "ref_token_logps"])
+        rows, extras = offline_rows(frame, tokenizer, algorithm, base.max_prompt_tokens, base.max_completion_tokens,
+                                    str(table))
+        loss_fn = offline_loss_fn(algorithm, cfg)
+    plan = select_plan(read_parquet(plans, ["strategy", "step", "row"]), strategy)
+    torch.manual_seed(base.seed)
+    model = load_trainable(reference, section(p, "model", ModelConfig))
+    resume = checkpoint_dir is not None and (checkpoint_dir / "step.json").exists()
+    live = LiveLog(results / "live", resume=resume)
+    model = train(model, rows, extras, plan, loss_fn, cfg.train,
+                  tokenizer.pad_token_id, checkpoint_dir, live)
+    live.close()
+    with atomic_path(out) as tmp:
+        save_policy(model, tokenizer, tmp)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    write_json({"algorithm": algorithm, "sampling_strategy": strategy, **summarize(live.history)},
+               results / "metrics.json")
+
+
+if __name__ == "__main__":
+    typer.run(main)

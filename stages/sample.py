@@ -1,0 +1,59 @@
+"""sample: preference pairs (data reply vs a reference reply, ordered by the task reward).
+
+Needed only by dpo, dpo_ref_free and pro.
+
+    python stages/sample.py data/annotated data/assets models/reference data/pairs.parquet results/sample.json
+"""
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from alol.annotate import load_reward, reward_inputs
+from alol.cli import stage
+from alol.generate import generate
+from alol.io import read_parquet, write_json, write_parquet
+from alol.model import ModelConfig, load_tokenizer
+from alol.pairs import SampleConfig, order_pairs
+from alol.params import BaseConfig, load_params, section
+from alol.policy import load_frozen
+from alol.reference import reference_pass
+from alol.sequences import encode
+
+
+@stage
+def main(annotated: Path = typer.Argument(..., help="Folder with the annotated train.parquet."),
+         assets: Path = typer.Argument(..., help="Output folder of the download stage."),
+         reference: Path = typer.Argument(..., help="The reference policy folder."),
+         out: Path = typer.Argument(..., help="Parquet of preference pairs."),
+         metrics_path: Path = typer.Argument(..., help="JSON: pair count, how often the data reply won."),
+         params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, rewards, sample.")):
+    p = load_params(params)
+    base, cfg = section(p, "base", BaseConfig), section(p, "sample", SampleConfig)
+    frame = read_parquet(annotated / "train.parquet", ["prompt_id", "prompt", "completion", "context", "reward"])
+    if cfg.rows and frame.height > cfg.rows:
+        frame = frame[np.sort(np.random.default_rng(base.seed).choice(frame.height, cfg.rows, replace=False))]
+    tokenizer = load_tokenizer(reference)
+    model = load_frozen(reference, section(p, "model", ModelConfig))
+    generated, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens, base.seed)
+    scored = frame.with_columns(completion=np.array(generated, dtype=object))
+    generated_reward = load_reward(p, assets, annotated)(reward_inputs(scored), source="reference samples",
+                                                         row_ids=frame["prompt_id"].to_list())["reward"]
+    prompts = frame["prompt"].to_list()
+    logps = {}
+    for name, replies in (("data", frame["completion"].to_list()), ("generated", generated)):
+        examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, base.max_completion_tokens)
+        token_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
+        logps[name] = [float(np.sum(t)) for t in token_logps]
+    pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"])
+    write_parquet(pairs, out)
+    stats = {"pairs": pairs.height, "data_reply_chosen": float((frame["reward"].to_numpy() >= generated_reward).mean()),
+             "generated_reward_mean": float(np.mean(generated_reward)), "margin_mean":
+             float((pairs["chosen_reward"] - pairs["rejected_reward"]).mean()) if pairs.height else 0.0}
+    write_json(stats, metrics_path)
+    print(stats)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,60 @@
+"""train_reference: the reference policy pi_ref, by NLL on the train completions (or taken as is).
+
+    python stages/train_reference.py data/annotated data/assets models/reference results/train_reference
+"""
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from alol.cli import LiveLog, stage
+from alol.finetune import offline_loss_fn, FinetuneConfig
+from alol.io import atomic_path, read_parquet, write_json
+from alol.model import ModelConfig, load_policy, load_tokenizer, save_policy
+from alol.params import BaseConfig, load_params, section
+from alol.plan import uniform_plan
+from alol.policy import ReferenceConfig, table_examples
+from alol.train import summarize, train
+
+
+@stage
+def main(annotated: Path = typer.Argument(..., help="Folder with the annotated train.parquet."),
+         assets: Path = typer.Argument(..., help="Output folder of the download stage (the base policy)."),
+         out: Path = typer.Argument(..., help="Folder for the reference policy (model or adapter)."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json and the DVCLive curves."),
+         checkpoint_dir: Path = typer.Option(None, help="Resumable checkpoints (kept outside DVC outputs)."),
+         params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, train_reference.")):
+    p = load_params(params)
+    base, model_cfg, cfg = section(p, "base", BaseConfig), section(p, "model", ModelConfig), section(
+        p, "train_reference", ReferenceConfig)
+    if cfg.source != "train":  # an existing model or adapter, used as is
+        from alol.policy import load_frozen
+
+        with atomic_path(out) as tmp:
+            if Path(cfg.source).is_dir():
+                shutil.copytree(cfg.source, tmp)
+            else:
+                save_policy(load_frozen(cfg.source, model_cfg), load_tokenizer(cfg.source), tmp)
+        write_json({"source": cfg.source, "steps": 0}, results / "metrics.json")
+        return
+    import torch
+
+    torch.manual_seed(base.seed)
+    tokenizer = load_tokenizer(assets / "policy")
+    frame = read_parquet(annotated / "train.parquet", ["prompt", "completion"])
+    rows = [[e] for e in table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)]
+    model = load_policy(assets / "policy", model_cfg)
+    live = LiveLog(results / "live")
+    model = train(model, rows, {}, uniform_plan(len(rows), cfg.steps, cfg.train.batch_size, base.seed),
+                  offline_loss_fn("nll", FinetuneConfig()), cfg.train, tokenizer.pad_token_id, checkpoint_dir, live)
+    live.close()
+    with atomic_path(out) as tmp:
+        save_policy(model, tokenizer, tmp)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    write_json(summarize(live.history), results / "metrics.json")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,134 @@
+"""The finetune stage end to end on a tiny model: errors, resume after SIGKILL, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alol.advantages import PlanConfig, make_plans, with_advantages
+from alol.model import ModelConfig, load_policy, tokenizer_fingerprint
+from alol.reference import reference_pass
+from alol.sequences import encode
+from conftest import REPO, build_tiny_llama, run_stage
+
+PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
+           "how are you", "you are", "i like hiking", "what"]
+REPLIES = ["hi", "reading books and hiking", "is nice", "fine", "i am doing fine today", "so dumb", "me too", "fun"]
+
+
+def write_params(root, **finetune):
+    params = {"base": {"seed": 1, "max_prompt_tokens": 64, "max_completion_tokens": 16},
+              "model": {"mode": "full"}, "algorithm": finetune.pop("algorithm", "a_lol"),
+              "finetune": {"ppo_clip": 0.2, "kl_beta": 0.1,
+                           "train": {"learning_rate": 1.0e-3, "batch_size": 4, "micro_batch_size": 2,
+                                     "checkpoint_every": 1, "weight_decay": 0.0}}}
+    params["finetune"].update(finetune)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture()
+def workdir(tmp_path, tiny_tokenizer):
+    """What the advantages and plan stages would have written, on a tiny random Llama."""
+    build_tiny_llama(tmp_path / "reference", tiny_tokenizer)
+    reference = load_policy(tmp_path / "reference", ModelConfig(), trainable=False)
+    exs = encode(tiny_tokenizer, PROMPTS, REPLIES, 64, 16)
+    token_logps, _ = reference_pass(reference, exs, tiny_tokenizer.pad_token_id, want_states=False)
+    frame = pl.DataFrame({"prompt": PROMPTS, "completion": REPLIES, "reward": np.linspace(0.5, 2.0, 8)})
+    table = with_advantages(frame, token_logps, np.full(8, 1.0))
+    (tmp_path / "adv").mkdir()
+    table.write_parquet(tmp_path / "adv" / "train.parquet")
+    (tmp_path / "adv" / "meta.json").write_text(json.dumps({"tokenizer": tokenizer_fingerprint(tiny_tokenizer)}))
+    plans, _ = make_plans(table, PlanConfig(steps=6), batch_size=4, seed=0)
+    plans.write_parquet(tmp_path / "plans.parquet")
+    write_params(tmp_path)
+    return tmp_path
+
+
+def finetune_args(root, out="policy", checkpoint=None):
+    args = [root / "adv", root / "plans.parquet", root / "reference", root / out, root / f"results-{out}",
+            "--params", root / "params.yaml"]
+    return args + (["--checkpoint-dir", root / checkpoint] if checkpoint else [])
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_unknown_algorithm_lists_valid_names(workdir):
+    write_params(workdir, algorithm="a_lol_fast")
+    proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
+    assert proc.returncode == 1
+    assert "unknown algorithm 'a_lol_fast'; valid: nll, wbc" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("algorithm, setting, message", [
+    ("a_lol_kl", {"kl_beta": 0.0}, "a_lol_kl needs finetune.kl_beta > 0"),
+    ("a_lol", {"ppo_clip": 0.0}, "a_lol needs finetune.ppo_clip > 0"),
+])
+def test_degenerate_settings_are_errors(workdir, algorithm, setting, message):
+    write_params(workdir, algorithm=algorithm, **setting)
+    proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
+    assert proc.returncode == 1 and message in " ".join(proc.stderr.split())
+    assert not (workdir / "policy").exists()
+
+
+def test_no_positive_advantage_says_what_to_check(workdir):
+    table = pl.read_parquet(workdir / "adv" / "train.parquet").with_columns(pl.lit(-1.0).alias("advantage"))
+    plans, _ = make_plans(table, PlanConfig(steps=6), batch_size=4, seed=0)
+    plans.write_parquet(workdir / "plans.parquet")
+    proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
+    assert proc.returncode == 1
+    assert "no row has a positive advantage: check the value fit" in " ".join(proc.stderr.split())
+
+
+def test_tokenizer_mismatch_is_an_error(workdir):
+    (workdir / "adv" / "meta.json").write_text(json.dumps({"tokenizer": "something-else"}))
+    proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
+    assert proc.returncode == 1 and "differs from the one" in proc.stderr
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(workdir):
+    run_stage("finetune.py", *finetune_args(workdir, "straight"), cwd=workdir, check=True)
+    checkpoint = workdir / "ckpt"
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "finetune.py"),
+                             *map(str, finetune_args(workdir, "resumed", "ckpt"))], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill once step 2 is checkpointed
+        step = checkpoint / "step.json"
+        if step.exists() and json.loads(step.read_text())["step"] >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workdir / "resumed").exists()
+    again = run_stage("finetune.py", *finetune_args(workdir, "resumed", "ckpt"), cwd=workdir, check=True)
+    assert "resumed from" in again.stdout + again.stderr
+    straight, resumed = weights(workdir / "straight"), weights(workdir / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not checkpoint.exists()  # removed after a successful run
+
+
+def test_two_processes_match_one_with_doubled_accumulation(workdir):
+    # batch_size 4 = micro 2 x accumulation 2 (1 process) = micro 2 x 1 x 2 processes
+    run_stage("finetune.py", *finetune_args(workdir, "one"), cwd=workdir, check=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(REPO / "stages" / "finetune.py"), *map(str, finetune_args(workdir, "two"))],
+                          cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = weights(workdir / "one"), weights(workdir / "two")
+    # same rows, same update; only the order of floating-point sums differs (all-reduce)
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5

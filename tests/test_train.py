@@ -1,0 +1,157 @@
+"""Training on a tiny random Llama: log-probs, accumulation invariance, every algorithm, determinism."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from alol import losses
+from alol.finetune import FinetuneConfig, offline_loss_fn, preference_loss_fn
+from alol.model import ModelConfig, load_policy
+from alol.plan import uniform_plan
+from alol.reference import reference_pass
+from alol.sequences import collate, completion_logps, encode
+from alol.train import TrainConfig, train
+from conftest import build_tiny_llama
+
+PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
+           "how are you", "you are", "i like hiking", "what"]
+REPLIES = ["hi", "reading books and hiking", "is nice", "fine", "i am doing fine today", "so dumb", "me too", "fun"]
+
+
+@pytest.fixture()
+def tiny(tmp_path, tiny_tokenizer):
+    build_tiny_llama(tmp_path / "tiny", tiny_tokenizer)
+    return tmp_path / "tiny", tiny_tokenizer
+
+
+def examples(tokenizer, n=8):
+    return encode(tokenizer, PROMPTS[:n], REPLIES[:n], max_prompt_tokens=64, max_completion_tokens=16)
+
+
+def test_completion_logps_match_full_logits(tiny):
+    path, tok = tiny
+    model = load_policy(path, ModelConfig(mode="full"))
+    exs = examples(tok, 4)
+    batch = collate(exs, tok.pad_token_id)
+    got = completion_logps(model, batch)
+    for i, e in enumerate(exs):  # naive: one unpadded sequence, every position's logits
+        ids = torch.tensor([e.prompt_ids + e.completion_ids])
+        logits = model(input_ids=ids).logits[0].log_softmax(-1)
+        n, p = len(e.completion_ids), len(e.prompt_ids)
+        expected = logits[p - 1:p - 1 + n].gather(-1, torch.tensor(e.completion_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(got[i, -n:], expected, atol=1e-5, rtol=1e-5)
+        assert (got[i, :-n] == 0).all() and e.completion_ids[-1] == tok.eos_token_id
+
+
+def run(path, tok, algorithm="nll", mode="full", steps=2, batch_size=4, micro=4, extras=None, cfg=None, lr=1e-3,
+        max_grad_norm=1.0):
+    torch.manual_seed(0)
+    model = load_policy(path, ModelConfig(mode=mode))
+    exs = examples(tok)
+    rng = np.random.default_rng(0)
+    extras = extras if extras is not None else {
+        "reward": rng.uniform(0.5, 2, len(exs)).tolist(), "advantage": [1.0, -0.5, 0.7, 0.2, 1.5, -1.0, 0.3, 0.9],
+        "ref_token_logps": [(-rng.uniform(1, 6, len(e.completion_ids))).tolist() for e in exs]}
+    log = []
+    model = train(model, [[e] for e in exs], extras, uniform_plan(len(exs), steps, batch_size, seed=0),
+                  offline_loss_fn(algorithm, cfg or FinetuneConfig(ppo_clip=0.2, kl_beta=0.1)),
+                  TrainConfig(learning_rate=lr, batch_size=batch_size, micro_batch_size=micro, weight_decay=0.0,
+                              max_grad_norm=max_grad_norm), tok.pad_token_id, log=lambda s, m: log.append(m))
+    return model, log
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_accumulation_invariance(tiny):
+    path, tok = tiny
+    # max_grad_norm 0.5 makes the clip active: it sees the scale of the accumulated gradient
+    a, log_a = run(path, tok, "a_lol", batch_size=4, micro=4, max_grad_norm=0.5)
+    b, log_b = run(path, tok, "a_lol", batch_size=4, micro=1, max_grad_norm=0.5)
+    assert log_a[0]["grad_norm"] == pytest.approx(log_b[0]["grad_norm"], rel=1e-6)
+    assert log_a[0]["loss"] == pytest.approx(log_b[0]["loss"], rel=1e-6)
+    for name, value in trainable(a).items():
+        torch.testing.assert_close(value, trainable(b)[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("algorithm", losses.OFFLINE)
+def test_every_algorithm_moves_every_parameter_deterministically(tiny, algorithm):
+    path, tok = tiny
+    before = trainable(load_policy(path, ModelConfig(mode="full")))
+    first, log = run(path, tok, algorithm)
+    after = trainable(first)
+    assert set(after) == set(before)
+    frozen = [n for n in before if torch.equal(before[n], after[n])]
+    assert not frozen, f"{algorithm}: parameters did not move: {frozen}"
+    assert all(np.isfinite(m["loss"]) for m in log)
+    second, _ = run(path, tok, algorithm)
+    assert all(torch.equal(v, trainable(second)[n]) for n, v in after.items()), "same seed, different weights"
+
+
+def test_lora_moves_every_adapter_parameter(tiny):
+    path, tok = tiny
+    model, _ = run(path, tok, "a_lol", mode="lora")
+    params = trainable(model)
+    assert params and all("lora_" in n for n in params)
+    # B starts at zero (so A gets no gradient at step 1); after 2 steps both have moved
+    fresh = trainable(load_policy(path, ModelConfig(mode="lora")))
+    assert all(not torch.equal(fresh[n], v) for n, v in params.items())
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "dpo_ref_free", "pro"])
+def test_preference_algorithms_move_every_parameter(tiny, algorithm):
+    path, tok = tiny
+    torch.manual_seed(0)
+    model = load_policy(path, ModelConfig(mode="full"))
+    before = trainable(model)
+    chosen, rejected = examples(tok, 8)[:4], examples(tok, 8)[4:]
+    rows = [[c, r] for c, r in zip(chosen, rejected)]
+    extras = {"ref_chosen_logp": [-5.0, -6.0, -4.0, -7.0], "ref_rejected_logp": [-6.0, -5.0, -8.0, -7.5],
+              "reward_0": [1.0, 0.5, 2.0, 0.3], "reward_1": [0.2, 0.1, 1.0, -0.3]}
+    model = train(model, rows, extras, uniform_plan(4, 2, 4, seed=0),
+                  preference_loss_fn(algorithm, FinetuneConfig(), candidates=2),
+                  TrainConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=2, weight_decay=0.0),
+                  tok.pad_token_id)
+    after = trainable(model)
+    assert not [n for n in before if torch.equal(before[n], after[n])]
+
+
+def test_precomputed_reference_equals_recomputed(tiny):
+    path, tok = tiny
+    reference = load_policy(path, ModelConfig(mode="full"), trainable=False)
+    policy = load_policy(path, ModelConfig(mode="full"))
+    with torch.no_grad():  # make the policy differ from the reference
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    exs = examples(tok)
+    ref_columns, _ = reference_pass(reference, exs, tok.pad_token_id, batch_size=3, want_states=False)
+    advantage = torch.tensor([1.0, -0.5, 0.7, 0.2, 1.5, -1.0, 0.3, 0.9])
+    batch = collate(exs, tok.pad_token_id, {"ref_token_logps": ref_columns})
+    logps = completion_logps(policy, batch)
+    with torch.no_grad():  # what the authors' code does: a second model, every batch
+        recomputed = completion_logps(reference, collate(exs, tok.pad_token_id))
+    for name in ("a_lol", "a_lol_seq", "a_lol_kl", "r_lol"):
+        kwargs = dict(logps=logps, mask=batch["completion_mask"], advantage=advantage, reward=advantage.abs(),
+                      ppo_clip=0.2, kl_beta=0.1)
+        precomputed = losses.OFFLINE_LOSSES[name](ref_logps=batch["ref_token_logps"], **kwargs)
+        online = losses.OFFLINE_LOSSES[name](ref_logps=recomputed, **kwargs)
+        torch.testing.assert_close(precomputed, online, atol=1e-5, rtol=1e-6)
+
+
+def test_qlora_step_on_cpu(tiny):
+    pytest.importorskip("bitsandbytes", reason="the qlora extra (bitsandbytes) is part of the test install")
+    path, tok = tiny
+    model = load_policy(path, ModelConfig(mode="qlora", lora_r=4))
+    assert any("4bit" in type(m).__name__ for m in model.modules()), "base weights are not 4-bit"
+    before = trainable(model)
+    model = train(model, [[e] for e in examples(tok)], {}, uniform_plan(8, 2, 4, seed=0),
+                  offline_loss_fn("nll", FinetuneConfig()), TrainConfig(learning_rate=1e-2, batch_size=4,
+                                                                          micro_batch_size=4, weight_decay=0.0),
+                  tok.pad_token_id)
+    after = trainable(model)
+    assert before and all(not torch.equal(before[n], after[n]) for n in before)
