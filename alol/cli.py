@@ -45,8 +45,13 @@ class LiveLog:
 
     def __init__(self, folder: Path, resume: bool = False):
         from dvclive import Live
+        from scmrepo.exceptions import SCMError
 
-        self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, resume=resume)
+        try:
+            self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, resume=resume)
+        except SCMError as err:  # DVCLive reads HEAD, which a fresh `git init` does not have yet
+            raise AlolError(f"DVCLive cannot log to {folder}: {err}. Commit once (`git add -A && git commit`) "
+                            "and rerun.") from err
         self.history: list[dict] = []
 
     def __call__(self, step: int, metrics: dict) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from alol import losses
 from alol.errors import AlolError
+from alol.generate import GenerationConfig
 from alol.sequences import completion_logps
 from alol.train import TrainConfig
 
@@ -32,7 +33,11 @@ class FinetuneConfig:
     pro_sft_weight: float = 0.05
     """PRO's weight of the NLL term on the best candidate."""
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    """Optimiser, schedule and batching."""
+    """Optimiser, schedule and batching (train.eval_every turns periodic validation on)."""
+    validation_rows: int = 64
+    """Validation prompts scored at each evaluation (with train.eval_every > 0)."""
+    validation_generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    """Decoding of the validation replies."""
 
 
 def check_algorithm(algorithm: str, cfg: FinetuneConfig) -> str:
@@ -121,3 +126,23 @@ def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tok
               "ref_rejected_logp": pairs["ref_rejected_logp"].to_list(),
               "reward_0": pairs["chosen_reward"].to_list(), "reward_1": pairs["rejected_reward"].to_list()}
     return [[c, r] for c, r in zip(chosen, rejected)], extras
+
+
+def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_prompt_tokens: int, seed: int):
+    """validate(model) -> mean task reward of its replies to the first `validation_rows` prompts."""
+    import numpy as np
+    import polars as pl
+
+    from alol.annotate import reward_inputs
+    from alol.generate import generate
+
+    frame = validation.head(cfg.validation_rows)
+
+    def validate(model) -> float:
+        replies, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.validation_generation,
+                              max_prompt_tokens, seed)
+        scores = reward(reward_inputs(frame.with_columns(completion=pl.Series(replies))), source="validation replies",
+                        row_ids=frame["prompt_id"].to_list())
+        return float(np.mean(scores["reward"]))
+
+    return validate

@@ -52,7 +52,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_pr
             num_beams=cfg.num_beams, do_sample=cfg.do_sample, top_p=cfg.top_p if cfg.do_sample else None,
             temperature=cfg.temperature if cfg.do_sample else None, repetition_penalty=cfg.repetition_penalty,
             stop_strings=cfg.stop_strings or None, tokenizer=tokenizer if cfg.stop_strings else None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
         for row, i in enumerate(idx):
             new = out[row, width:].tolist()
             if tokenizer.eos_token_id in new:

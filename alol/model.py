@@ -71,7 +71,7 @@ def load_policy(path: str | Path, cfg: ModelConfig, adapter: str | Path | None =
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise AlolError(f"could not load a causal LM from {path}: {err}") from None
-    model.config.use_cache = False
+    model.config.use_cache = not trainable  # the KV cache only helps generation
     if cfg.mode == "qlora":
         from peft import prepare_model_for_kbit_training
 

@@ -48,6 +48,9 @@ class TrainConfig:
     """Rows per forward/backward; accumulation = batch_size / (micro_batch_size x processes)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: never)."""
+    eval_every: int = 0
+    """Validate (generate + reward) every this many steps and keep the best weights, the starting
+    point's score included (0: off; generation is slow on CPU)."""
 
 
 def grad_accumulation(cfg: TrainConfig, processes: int) -> int:
@@ -72,13 +75,35 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int):
 
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+Validator = Callable[[torch.nn.Module], float]
+
+
+class BestWeights:
+    """The trainable weights with the highest validation score so far (kept on the CPU)."""
+
+    def __init__(self):
+        self.score, self.step, self.state = -math.inf, None, None
+
+    def offer(self, model, score: float, step: int) -> bool:
+        if score <= self.score:
+            return False
+        self.score, self.step = score, step
+        self.state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        return True
+
+    def restore(self, model) -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.state:
+                    param.copy_(self.state[name])
 
 
 def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.ndarray, loss_fn: LossFn,
           cfg: TrainConfig, pad_id: int, checkpoint_dir: Path | None = None,
-          log: Callable[[int, dict], None] | None = None):
+          log: Callable[[int, dict], None] | None = None, validate: Validator | None = None):
     """Run `plan` (steps x batch_size row indices). Each row is a list of sequences (1 for offline
-    algorithms, 2+ for preference ones); `extras` holds per-row values the loss needs.
+    algorithms, 2+ for preference ones); `extras` holds per-row values the loss needs. With
+    `validate` and `cfg.eval_every`, the best-scoring weights (the start's included) are kept.
     Returns the unwrapped model."""
     from accelerate import Accelerator
 
@@ -99,6 +124,18 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
     lengths = [sum(e.length for e in row) for row in rows]
     per_process = cfg.batch_size // accelerator.num_processes
     rank = accelerator.process_index
+    best = BestWeights() if validate is not None and cfg.eval_every else None
+
+    def validation(step: int) -> None:  # every process scores the same prompts: no broadcast needed
+        score = validate(accelerator.unwrap_model(model))
+        model.train()
+        kept = best.offer(model, score, step)
+        if log is not None and accelerator.is_main_process:
+            log(step, {"validation/reward": score, "validation/best": best.score})
+            accelerator.print(f"validation at step {step}: {score:.4f}" + (" (best so far)" if kept else ""))
+
+    if best is not None and start == 0:  # after a resume the best is tracked from the resume point
+        validation(0)
     model.train()
     for step in range(start, steps):
         tic = time.perf_counter()
@@ -127,9 +164,14 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
             log(step + 1, {"loss": loss_sum, "grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0],
                            "tokens_per_second": tokens * accelerator.num_processes / seconds,
                            "step_seconds": seconds, **totals})
+        if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
+            validation(step + 1)
         if checkpoint_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(accelerator, checkpoint_dir, step + 1)
     accelerator.wait_for_everyone()
+    if best is not None and best.state is not None and best.step != steps:
+        best.restore(model)
+        accelerator.print(f"kept the weights of step {best.step} (validation reward {best.score:.4f})")
     return accelerator.unwrap_model(model)
 
 
@@ -152,9 +194,13 @@ def save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
 
 def summarize(history: list[dict]) -> dict:
     """Run-level metrics from the per-step log: steps, first/final loss, tokens/s, seconds."""
+    validations = [h for h in history if "validation/reward" in h]
+    history = [h for h in history if "loss" in h]
     if not history:
         return {"steps": 0}
     seconds = sum(h["step_seconds"] for h in history)
     tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in history)
     return {"steps": history[-1]["step"], "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
-            "tokens_per_second": tokens / seconds, "train_seconds": seconds}
+            "tokens_per_second": tokens / seconds, "train_seconds": seconds,
+            **({"best_validation_step": max(validations, key=lambda h: h["validation/reward"])["step"],
+                "best_validation_reward": max(h["validation/reward"] for h in validations)} if validations else {})}

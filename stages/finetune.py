@@ -14,8 +14,9 @@ import typer
 
 from alol.cli import LiveLog, stage
 from alol.errors import AlolError
-from alol.finetune import (FinetuneConfig, check_algorithm, offline_loss_fn, offline_rows, preference_loss_fn,
-                           preference_rows)
+from alol.annotate import load_reward
+from alol.finetune import (FinetuneConfig, check_algorithm, make_validator, offline_loss_fn, offline_rows,
+                           preference_loss_fn, preference_rows)
 from alol.advantages import select_plan
 from alol.io import atomic_path, read_parquet, write_json
 from alol.losses import PREFERENCE
@@ -33,6 +34,8 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
          out: Path = typer.Argument(..., help="Folder for the fine-tuned policy (model or adapter)."),
          results: Path = typer.Argument(..., help="Folder for metrics.json and the DVCLive curves."),
          pairs: Path = typer.Option(None, help="The sample stage's preference pairs (dpo, dpo_ref_free, pro)."),
+         annotated: Path = typer.Option(None, help="Folder with validation.parquet (periodic validation)."),
+         assets: Path = typer.Option(None, help="The download stage's folder (reward models for validation)."),
          checkpoint_dir: Path = typer.Option(None, help="Resumable checkpoints (kept outside DVC outputs)."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, algorithm, finetune.")):
     import torch
@@ -62,9 +65,17 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
     torch.manual_seed(base.seed)
     model = load_trainable(reference, section(p, "model", ModelConfig))
     resume = checkpoint_dir is not None and (checkpoint_dir / "step.json").exists()
+    validate = None
+    if cfg.train.eval_every:
+        if annotated is None or assets is None:
+            raise AlolError("finetune.train.eval_every > 0 validates with the task reward: pass --annotated and "
+                            "--assets (as dvc.yaml does), or set eval_every: 0.")
+        validate = make_validator(load_reward(p, assets, annotated), tokenizer,
+                                  read_parquet(annotated / "validation.parquet", ["prompt_id", "prompt", "context"]),
+                                  cfg, base.max_prompt_tokens, base.seed)
     live = LiveLog(results / "live", resume=resume)
     model = train(model, rows, extras, plan, loss_fn, cfg.train,
-                  tokenizer.pad_token_id, checkpoint_dir, live)
+                  tokenizer.pad_token_id, checkpoint_dir, live, validate)
     live.close()
     with atomic_path(out) as tmp:
         save_policy(model, tokenizer, tmp)

@@ -60,6 +60,12 @@ def run_stage(script: str, *args, cwd: Path = REPO, check: bool = False) -> subp
 TINY_PARAMS = {  # the real default pipeline, sized to run in CI in a few minutes
     "clean": {"validation_conversations": 20, "test_conversations": 20,
               "max_rows": {"train": 48, "validation": 16, "test": 16}},
+    "train_reference": {"steps": 2, "train": {"batch_size": 4, "micro_batch_size": 2}},
+    "estimate_value": {"generation": {"max_new_tokens": 6}, "epochs": 3},
+    "sample": {"rows": 8, "generation": {"max_new_tokens": 6}},
+    "plan": {"steps": 2},
+    "finetune": {"train": {"batch_size": 4, "micro_batch_size": 2}},
+    "evaluate": {"generation": {"max_new_tokens": 6}, "bootstrap_resamples": 200},
 }
 
 
@@ -76,7 +82,10 @@ def tracked_copy(dest: Path) -> Path:
     for lock in ("dvc.lock",):
         (dest / lock).unlink(missing_ok=True)
     shutil.rmtree(dest / "results", ignore_errors=True)
+    git = ["git", "-c", "user.name=alol-test", "-c", "user.email=test@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
     return dest
 
 

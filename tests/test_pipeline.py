@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -49,6 +50,40 @@ def test_metrics_written(tiny_pipeline):
     assert 0 <= rewards["train"]["reward_safety"]["mean"] <= 1
 
 
+def test_evaluation_outputs(tiny_pipeline):
+    results = tiny_pipeline / "results"
+    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert metrics["rows"] == 16
+    for part in ("generations", "gold"):
+        for key in ("reward", "reward_safety", "reward_positivity", "reward_relevance", "reward_diversity",
+                    "distinct_1", "distinct_2", "distinct_3", "length_words", "length_tokens"):
+            assert np.isfinite(metrics[part][key]), (part, key)
+    assert np.isfinite(metrics["generations"]["kl"])
+    gain = metrics["vs_baseline"]["reward"]
+    assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"] and 0 <= gain["win_rate"] <= 1
+    reference = json.loads((results / "evaluate_reference" / "metrics.json").read_text())
+    assert "vs_baseline" not in reference and reference["gold"] == metrics["gold"]
+    generations = pl.read_parquet(results / "evaluate" / "generations.parquet")
+    assert generations.height == 16 and {"prompt_id", "prompt", "completion", "reward", "logp", "ref_logp"} <= set(
+        generations.columns)
+    # the mean of the table is the metric: nothing is computed twice in two ways
+    assert generations["reward"].mean() == pytest.approx(metrics["generations"]["reward"])
+    png = results / "evaluate" / "reward_distribution.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dvc_shows_metrics_and_plots(tiny_pipeline):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=tiny_pipeline,
+                           capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "results/evaluate/metrics.json" in shown.stdout
+    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], cwd=tiny_pipeline,
+                           capture_output=True, text=True, env=env)
+    assert plots.returncode == 0, plots.stderr
+    assert (tiny_pipeline / "plots_html" / "index.html").exists()
+
+
 def test_second_repro_is_a_no_op(tiny_pipeline):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tiny_pipeline, capture_output=True,
@@ -56,3 +91,14 @@ def test_second_repro_is_a_no_op(tiny_pipeline):
     assert proc.returncode == 0, proc.stderr
     assert "Running stage" not in proc.stdout
     assert "up to date" in proc.stdout
+
+
+def test_experiment_with_another_algorithm_reruns_only_finetune_onwards(tiny_pipeline):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "algorithm=nll"], cwd=tiny_pipeline,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = sorted(line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate", "finetune"], proc.stdout
+    metrics = json.loads((tiny_pipeline / "results" / "finetune" / "metrics.json").read_text())
+    assert metrics["algorithm"] == "nll"

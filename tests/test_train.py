@@ -48,7 +48,7 @@ def test_completion_logps_match_full_logits(tiny):
 
 
 def run(path, tok, algorithm="nll", mode="full", steps=2, batch_size=4, micro=4, extras=None, cfg=None, lr=1e-3,
-        max_grad_norm=1.0):
+        max_grad_norm=1.0, validate=None, eval_every=0):
     torch.manual_seed(0)
     model = load_policy(path, ModelConfig(mode=mode))
     exs = examples(tok)
@@ -60,7 +60,8 @@ def run(path, tok, algorithm="nll", mode="full", steps=2, batch_size=4, micro=4,
     model = train(model, [[e] for e in exs], extras, uniform_plan(len(exs), steps, batch_size, seed=0),
                   offline_loss_fn(algorithm, cfg or FinetuneConfig(ppo_clip=0.2, kl_beta=0.1)),
                   TrainConfig(learning_rate=lr, batch_size=batch_size, micro_batch_size=micro, weight_decay=0.0,
-                              max_grad_norm=max_grad_norm), tok.pad_token_id, log=lambda s, m: log.append(m))
+                              max_grad_norm=max_grad_norm, eval_every=eval_every), tok.pad_token_id,
+                  log=lambda s, m: log.append({"step": s, **m}), validate=validate)
     return model, log
 
 
@@ -144,7 +145,7 @@ def test_precomputed_reference_equals_recomputed(tiny):
 
 
 def test_qlora_step_on_cpu(tiny):
-    pytest.importorskip("bitsandbytes", reason="the qlora extra (bitsandbytes) is part of the test install")
+    import bitsandbytes  # noqa: F401  (part of the test install: this test must never skip)
     path, tok = tiny
     model = load_policy(path, ModelConfig(mode="qlora", lora_r=4))
     assert any("4bit" in type(m).__name__ for m in model.modules()), "base weights are not 4-bit"
@@ -155,3 +156,27 @@ def test_qlora_step_on_cpu(tiny):
                   tok.pad_token_id)
     after = trainable(model)
     assert before and all(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_periodic_validation_keeps_the_best_weights(tiny):
+    path, tok = tiny
+    snapshots = []
+
+    def validate(model):  # scores 0 (start), 3 (step 2), 1 (step 4), 2 (step 5 = the end)
+        snapshots.append(trainable(model))
+        return [0.0, 3.0, 1.0, 2.0][len(snapshots) - 1]
+
+    model, log = run(path, tok, "nll", steps=5, validate=validate, eval_every=2)
+    assert [m["step"] for m in log if "validation/reward" in m] == [0, 2, 4, 5]
+    kept = trainable(model)
+    assert all(torch.equal(v, snapshots[1][n]) for n, v in kept.items()), "the step-2 weights were not restored"
+    assert not all(torch.equal(v, snapshots[3][n]) for n, v in kept.items())
+    assert [m["validation/best"] for m in log if "validation/best" in m] == [0.0, 3.0, 3.0, 3.0]
+
+
+def test_validation_that_never_beats_the_start_returns_the_start(tiny):
+    path, tok = tiny
+    start = trainable(load_policy(path, ModelConfig(mode="full")))
+    scores = iter([5.0, 1.0, 2.0])
+    model, _ = run(path, tok, "nll", steps=2, validate=lambda m: next(scores), eval_every=1)
+    assert all(torch.equal(v, start[n]) for n, v in trainable(model).items())

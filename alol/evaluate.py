@@ -1,0 +1,93 @@
+"""Evaluate a policy on the test prompts: generate, score with the task reward, compare.
+
+One function serves the reference's own stage (evaluated once, cached) and every fine-tuned
+policy (paired with the reference's replies through `baseline`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from alol.annotate import load_reward, reward_inputs
+from alol.errors import AlolError
+from alol.generate import GenerationConfig, generate
+from alol.metrics import kl_estimate, paired_comparison, reward_means, text_stats
+from alol.model import ModelConfig, load_tokenizer
+from alol.params import BaseConfig, section
+from alol.policy import load_frozen
+from alol.reference import reference_pass
+from alol.sequences import encode
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """`evaluate:` how test replies are generated and compared."""
+
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    """Decoding of the test replies (greedy by default; beams, sampling, repetition penalty, stops)."""
+    rows: int = 0
+    """Evaluate on the first this many test prompts (0: all)."""
+    bootstrap_resamples: int = 4000
+    """Resamples of the paired bootstrap behind each 95% confidence interval."""
+
+
+def reward_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c == "reward" or c.startswith("reward_")]
+
+
+def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy: Path, test: pl.DataFrame,
+                    annotated: Path, assets: Path, reference: Path | None = None,
+                    baseline: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict]:
+    """(generations table, metrics) for `policy` on the `test` prompts."""
+    if cfg.rows:
+        test = test.head(cfg.rows)
+    model_cfg = section(params, "model", ModelConfig)
+    tokenizer = load_tokenizer(policy)
+    model = load_frozen(policy, model_cfg)
+    prompts = test["prompt"].to_list()
+    tic = time.perf_counter()
+    replies, generated = generate(model, tokenizer, prompts, cfg.generation, base.max_prompt_tokens, base.seed)
+    seconds = time.perf_counter() - tic
+    scores = load_reward(params, assets, annotated)(
+        reward_inputs(test.with_columns(completion=pl.Series(replies))), source=f"{policy} test replies",
+        row_ids=test["prompt_id"].to_list())
+    # log-probs of the replies (EOS included) under the policy and, for the KL estimate, the reference
+    max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
+    examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, max_reply)
+    policy_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
+    del model
+    generations = test.select("prompt_id", "prompt").with_columns(
+        pl.Series("completion", replies), *(pl.Series(k, v, dtype=pl.Float64) for k, v in scores.items()),
+        pl.Series("tokens", [len(e.completion_ids) for e in examples]),
+        pl.Series("logp", [float(np.sum(t)) for t in policy_logps]))
+    stats = {**reward_means(scores), **text_stats(replies, generations["tokens"].to_numpy())}
+    if reference is not None:
+        ref_model = load_frozen(reference, model_cfg)
+        ref_logps, _ = reference_pass(ref_model, examples, tokenizer.pad_token_id, want_states=False)
+        generations = generations.with_columns(pl.Series("ref_logp", [float(np.sum(t)) for t in ref_logps]))
+        stats.update(kl_estimate(policy_logps, ref_logps))
+    gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
+    gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
+    metrics = {"rows": test.height, "generated_tokens_per_second": generated / seconds,
+               "generations": stats, "gold": {**reward_means(gold_rewards),
+                                               **text_stats(test["completion"].to_list(), gold_tokens)}}
+    if baseline is not None:
+        metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
+    return generations, metrics
+
+
+def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int) -> dict:
+    """Paired comparison on the prompts both tables answered (joined by prompt_id)."""
+    columns = [c for c in reward_columns(generations) if c in baseline.columns]
+    joined = generations.select("prompt_id", *columns).join(
+        baseline.select("prompt_id", *columns), on="prompt_id", suffix="__baseline")
+    if joined.height < generations.height:
+        raise AlolError(f"the baseline generations answer only {joined.height} of the {generations.height} test "
+                        "prompts; evaluate both with the same test split and evaluate.rows (dvc repro).")
+    return paired_comparison({c: joined[c].to_numpy() for c in columns},
+                             {c: joined[f"{c}__baseline"].to_numpy() for c in columns}, seed, resamples)

@@ -1,0 +1,65 @@
+"""Evaluation statistics of a set of replies, and the paired comparison of two policies.
+
+Everything here is a pure function of arrays and strings, so each number in
+`results/evaluate*/metrics.json` has a hand-worked test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams / all n-grams over every reply (lowercased whitespace tokens), as the paper."""
+    grams = [tuple(words[i:i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def text_stats(texts: list[str], token_counts: list[int] | np.ndarray) -> dict[str, float]:
+    """Diversity and length of a set of replies."""
+    return {**{f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)},
+            "length_words": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0,
+            "length_tokens": float(np.mean(token_counts)) if len(token_counts) else 0.0,
+            "empty_fraction": float(np.mean([not t.strip() for t in texts])) if texts else 0.0}
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of `values`."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def win_rate(policy: np.ndarray, reference: np.ndarray) -> float:
+    """P(policy > reference) on the same prompts, a tie counting half."""
+    policy, reference = np.asarray(policy), np.asarray(reference)
+    return float(np.mean((policy > reference) + 0.5 * (policy == reference)))
+
+
+def paired_comparison(policy: dict[str, np.ndarray], reference: dict[str, np.ndarray], seed: int = 0,
+                      resamples: int = 4000) -> dict:
+    """For each reward column: mean gain of policy over reference on the same prompts, its 95%
+    bootstrap CI and the win rate."""
+    out = {}
+    for name in policy:
+        gain = np.asarray(policy[name]) - np.asarray(reference[name])
+        low, high = bootstrap_ci(gain, resamples=resamples, seed=seed)
+        out[name] = {"gain": float(gain.mean()), "ci_low": low, "ci_high": high,
+                     "win_rate": win_rate(policy[name], reference[name])}
+    return out
+
+
+def kl_estimate(policy_token_logps: list[np.ndarray], reference_token_logps: list[np.ndarray]) -> dict[str, float]:
+    """Monte-Carlo KL(policy || reference) on the policy's own replies: the mean over replies of
+    sum_t [log pi(y_t) - log pi_ref(y_t)], and per token. With greedy decoding the replies are the
+    policy's modes, not samples: read it as the log-ratio on what the policy says, not an exact KL."""
+    diffs = [float(np.sum(p) - np.sum(r)) for p, r in zip(policy_token_logps, reference_token_logps)]
+    tokens = sum(len(p) for p in policy_token_logps)
+    return {"kl": float(np.mean(diffs)) if diffs else 0.0, "kl_per_token": sum(diffs) / tokens if tokens else 0.0}
+
+
+def reward_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(np.mean(values)) for name, values in scores.items()}
