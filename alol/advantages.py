@@ -24,6 +24,19 @@ class PlanConfig:
     """Added to base.seed for the draw (to get another plan with the same data)."""
 
 
+def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """Data with several candidates per prompt (HH): one row per (prompt, candidate), `candidate`
+    0 being the preferred one that good_priority trains on; all_priority may use any."""
+    if "candidates" not in frame.columns:
+        return frame
+    if "candidate_rewards" not in frame.columns:
+        raise AlolError("train rows have `candidates` but no `candidate_rewards`; rerun annotate.")
+    return (frame.with_columns(pl.int_ranges(pl.col("candidates").list.len()).alias("candidate"))
+            .explode("candidates", "candidate_rewards", "candidate")
+            .with_columns(pl.col("candidates").alias("completion"), pl.col("candidate_rewards").alias("reward"))
+            .drop("candidates", "candidate_rewards", "candidate_logits", strict=False))
+
+
 def with_advantages(frame: pl.DataFrame, token_logps: list[list[float]], values: np.ndarray) -> pl.DataFrame:
     if not np.isfinite(frame["reward"].to_numpy()).all():
         raise AlolError("the reward column has NaN or inf values; fix the reward function and rerun annotate.")

@@ -15,9 +15,14 @@ from alol.rewards.components import RewardInputs
 STATE_FILE = "reward_state.json"
 
 
-def reward_inputs(frame: pl.DataFrame) -> RewardInputs:
-    return RewardInputs(prompts=frame["prompt"].to_list(), completions=frame["completion"].to_list(),
-                        contexts=frame["context"].to_list())
+def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: list[float] | None = None,
+                  completions: list[str] | None = None) -> RewardInputs:
+    """What the reward components read from a table. `stored_logits` only for the data's own replies."""
+    return RewardInputs(prompts=frame["prompt"].to_list(),
+                        completions=completions if completions is not None else frame["completion"].to_list(),
+                        contexts=frame["context"].to_list(),
+                        turns=frame["turns"].to_list() if "turns" in frame.columns else None,
+                        stored_logits=stored_logits, split=split)
 
 
 def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:
@@ -40,10 +45,25 @@ def distribution(values: np.ndarray) -> dict[str, float]:
 def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
                     sources: dict[str, str]) -> tuple[dict[str, pl.DataFrame], dict, dict]:
     """Fit the reward on train, score every split. Returns (tables, fitted state, stats)."""
-    state = reward.fit(reward_inputs(splits["train"]))
+    state = reward.fit(reward_inputs(splits["train"], "train"))
     out, stats = {}, {}
     for name, frame in splits.items():
-        scores = reward(reward_inputs(frame), source=sources[name], row_ids=frame["prompt_id"].to_list())
+        ids = frame["prompt_id"].to_list()
+        logits = _stored(frame, 0)
+        scores = reward(reward_inputs(frame, name, logits), source=sources[name], row_ids=ids)
         out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
         stats[name] = {col: distribution(values) for col, values in scores.items()}
+        if "candidates" in frame.columns:  # every candidate's total reward (pairs, PRO, all_priority)
+            n = frame["candidates"].list.len().min()
+            per = [scores["reward"]] + [
+                reward(reward_inputs(frame, name, _stored(frame, k), [c[k] for c in frame["candidates"].to_list()]),
+                       source=f"{sources[name]} (candidate {k})", row_ids=ids)["reward"] for k in range(1, n)]
+            out[name] = out[name].with_columns(
+                pl.Series("candidate_rewards", np.stack(per, axis=1).tolist(), dtype=pl.List(pl.Float64)))
     return out, state, stats
+
+
+def _stored(frame: pl.DataFrame, k: int) -> list[float] | None:
+    if "candidate_logits" not in frame.columns:
+        return None
+    return [logits[k] for logits in frame["candidate_logits"].to_list()]

@@ -64,6 +64,8 @@ class DownloadConfig:
     """Package index to fetch wheels from; null uses pip's own configuration (pip.conf, PIP_INDEX_URL)."""
     cache_dir: str = "~/.cache/alol/wheels"
     """Where verified wheels are kept between runs (so `dvc repro -f` does not fetch again)."""
+    source: str | None = None
+    """HH task: PRO's data.zip (URL or local zip) or a folder in PRO's or Anthropic's HH-RLHF layout."""
 
 
 def sha256_of(path: Path) -> str:
@@ -229,3 +231,41 @@ def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
         save_hub_policy(cfg.policy, out / "policy")
         manifest["policy"] = {"source": cfg.policy}
     return manifest
+
+
+def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
+    """HH data into `out`: PRO's hh_* folders, or Anthropic's <subset>/{train,test}.jsonl.gz."""
+    import urllib.error
+    import urllib.request
+    import zipfile
+
+    if source.startswith(("http://", "https://")):
+        archive = work / "data.zip"
+        try:
+            urllib.request.urlretrieve(source, archive)
+        except (urllib.error.URLError, OSError) as err:
+            raise AlolError(f"download.source={source}: could not download it ({err}). Download it yourself and set "
+                            "download.source to the local zip or extracted folder.") from None
+        source_path = archive
+    else:
+        source_path = Path(source).expanduser()
+    if not source_path.exists():
+        raise AlolError(f"download.source={source}: no such file or folder.")
+    if source_path.is_file():
+        try:
+            with zipfile.ZipFile(source_path) as zf:
+                zf.extractall(work / "unzipped")
+        except zipfile.BadZipFile:
+            raise AlolError(f"download.source={source}: not a zip file.") from None
+        source_path = work / "unzipped"
+    roots = [p.parent for p in source_path.rglob("hh_train_len2")] + [
+        p.parent.parent for p in source_path.rglob("train.jsonl.gz")]
+    if not roots:
+        raise AlolError(f"download.source={source}: found neither hh_train_len2/ (PRO) nor "
+                        "<subset>/train.jsonl.gz (Anthropic HH-RLHF) in it.")
+    root = min(roots, key=lambda p: len(p.parts))
+    names = [n for n in ("hh_train_len2", "hh_dev", "hh_test") if (root / n).is_dir()] or sorted(
+        p.parent.name for p in root.glob("*/train.jsonl.gz"))
+    for name in names:
+        shutil.copytree(root / name, out / "hh" / name)
+    return {"hh": {"source": source, "folders": names}}

@@ -34,6 +34,9 @@ class EvaluateConfig:
     """Evaluate on the first this many test prompts (0: all)."""
     bootstrap_resamples: int = 4000
     """Resamples of the paired bootstrap behind each 95% confidence interval."""
+    prompt_format: str | None = None
+    """null: the table's prompt. hh / plain: re-render from the dialogue turns (HH), e.g. plain
+    ('\nHuman: ...\nAssistant: ') for models trained on Anthropic's format such as PPO baselines."""
 
 
 def reward_columns(frame: pl.DataFrame) -> list[str]:
@@ -46,6 +49,13 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     """(generations table, metrics) for `policy` on the `test` prompts."""
     if cfg.rows:
         test = test.head(cfg.rows)
+    if cfg.prompt_format:
+        if "turns" not in test.columns:
+            raise AlolError("evaluate.prompt_format re-renders prompts from dialogue turns; this test table has no "
+                            "`turns` column (set it to null).")
+        from alol.data.hh import render_prompt
+
+        test = test.with_columns(pl.Series("prompt", [render_prompt(t, cfg.prompt_format) for t in test["turns"]]))
     model_cfg = section(params, "model", ModelConfig)
     tokenizer = load_tokenizer(policy)
     model = load_frozen(policy, model_cfg)
@@ -54,7 +64,7 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     replies, generated = generate(model, tokenizer, prompts, cfg.generation, base.max_prompt_tokens, base.seed)
     seconds = time.perf_counter() - tic
     scores = load_reward(params, assets, annotated)(
-        reward_inputs(test.with_columns(completion=pl.Series(replies))), source=f"{policy} test replies",
+        reward_inputs(test, "test", completions=replies), source=f"{policy} test replies",
         row_ids=test["prompt_id"].to_list())
     # log-probs of the replies (EOS included) under the policy and, for the KL estimate, the reference
     max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
@@ -78,10 +88,22 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
     if baseline is not None:
         metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
+    if "split_name" in test.columns:  # HH: the four test sets, each on its own
+        generations = generations.with_columns(test["split_name"])
+        metrics["splits"] = {}
+        for (name,), part in generations.group_by("split_name", maintain_order=True):
+            gold = test.filter(pl.col("split_name") == name)
+            entry = {"rows": part.height, **reward_means({c: part[c].to_numpy() for c in reward_columns(part)}),
+                     "gold_reward": float(gold["reward"].mean())}
+            if baseline is not None:
+                entry["vs_baseline"] = compare_with(part, baseline, base.seed, cfg.bootstrap_resamples,
+                                                    subset=True)["reward"]
+            metrics["splits"][name] = entry
     return generations, metrics
 
 
-def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int) -> dict:
+def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int,
+                 subset: bool = False) -> dict:
     """Paired comparison on the prompts both tables answered (joined by prompt_id)."""
     columns = [c for c in reward_columns(generations) if c in baseline.columns]
     joined = generations.select("prompt_id", *columns).join(

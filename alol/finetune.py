@@ -141,7 +141,7 @@ def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_promp
     def validate(model) -> float:
         replies, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.validation_generation,
                               max_prompt_tokens, seed)
-        scores = reward(reward_inputs(frame.with_columns(completion=pl.Series(replies))), source="validation replies",
+        scores = reward(reward_inputs(frame, "validation", completions=replies), source="validation replies",
                         row_ids=frame["prompt_id"].to_list())
         return float(np.mean(scores["reward"]))
 

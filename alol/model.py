@@ -39,7 +39,9 @@ class ModelConfig:
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    base, adapter = policy_paths(path)
+    has_own = adapter is None or any((adapter / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(path if has_own else base)  # an adapter may ship without one
     if tokenizer.eos_token_id is None:
         raise AlolError(f"{path}: the tokenizer has no EOS token; completions must end with one.")
     if tokenizer.pad_token_id is None:
@@ -103,7 +105,25 @@ def save_policy(model, tokenizer, out: Path) -> None:
 def policy_paths(path: str | Path) -> tuple[Path, Path | None]:
     """(base model, adapter or None) for a saved policy folder."""
     path = Path(path)
+    if not path.exists():  # a hub id: an adapter repository is fetched (small), a model id stays an id
+        path = hub_adapter(str(path)) or path
     config = path / "adapter_config.json"
     if config.exists():
-        return Path(json.loads(config.read_text())["base_model_name_or_path"]), path
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise AlolError(f"{config}: base_model_name_or_path is empty; set it to the base model's hub id or folder.")
+        return Path(base), path
     return path, None
+
+
+def hub_adapter(source: str) -> Path | None:
+    """The local snapshot of a hub repository if it is a peft adapter (small), else None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, allow_patterns=["adapter_config.json"]))
+    except Exception:  # noqa: BLE001  (not on the hub, offline: treat as a model id)
+        return None
+    if not (folder / "adapter_config.json").exists():
+        return None
+    return Path(snapshot_download(source, allow_patterns=["adapter_*", "*.json", "*.model", "tokenizer*"]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from alol.advantages import with_advantages
+from alol.advantages import candidate_rows, with_advantages
 from alol.cli import stage
 from alol.io import read_parquet, write_json, write_parquet
 from alol.model import ModelConfig, load_tokenizer, tokenizer_fingerprint
@@ -31,7 +31,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
 
     p = load_params(params)
     base = section(p, "base", BaseConfig)
-    frame = read_parquet(annotated / "train.parquet", ["prompt", "completion", "reward"])
+    frame = candidate_rows(read_parquet(annotated / "train.parquet", ["prompt", "completion", "reward"]))
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     examples = table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)

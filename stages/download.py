@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from alol.assets import DownloadConfig, build_assets
+from alol.assets import DownloadConfig, build_assets, fetch_hh_data
+from alol.errors import AlolError
 from alol.cli import stage
 from alol.io import atomic_path
 from alol.params import load_params, section
@@ -18,9 +19,17 @@ from alol.params import load_params, section
 @stage
 def main(out: Path = typer.Argument(..., help="Folder to write the converted assets to."),
          params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `download:`).")):
-    cfg = section(load_params(params), "download", DownloadConfig)
+    p = load_params(params)
+    cfg = section(p, "download", DownloadConfig)
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work:
-        manifest = build_assets(cfg, tmp, Path(work))
+        if p.get("task", "chitchat") == "hh":  # HH data only: its models are hub ids / folders used in place
+            if not cfg.source:
+                raise AlolError(f"{params}: download.source is required for the hh task (PRO's data.zip URL, "
+                                "a local zip, or a folder).")
+            tmp.mkdir()
+            manifest = fetch_hh_data(cfg.source, tmp, Path(work))
+        else:
+            manifest = build_assets(cfg, tmp, Path(work))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

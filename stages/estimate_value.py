@@ -42,8 +42,9 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
                                   base.seed)
     generation_seconds = time.perf_counter() - tic
     reward = load_reward(p, assets, annotated)
-    generations = frame.select("prompt_id", "prompt", "context").with_columns(pl.Series("completion", replies))
-    scores = reward(reward_inputs(generations), source="reference generations", row_ids=frame["prompt_id"].to_list())
+    generations = frame.select("prompt_id", "prompt").with_columns(pl.Series("completion", replies))
+    scores = reward(reward_inputs(frame, "validation", completions=replies), source="reference generations",
+                    row_ids=frame["prompt_id"].to_list())
     generations = generations.with_columns(*(pl.Series(k, v) for k, v in scores.items()))
     prompts = tokenizer(frame["prompt"].to_list(), add_special_tokens=False)["input_ids"]
     examples = [Example(ids[-base.max_prompt_tokens:], []) for ids in prompts]

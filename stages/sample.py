@@ -36,10 +36,15 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         frame = frame[np.sort(np.random.default_rng(base.seed).choice(frame.height, cfg.rows, replace=False))]
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
-    generated, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens, base.seed)
-    scored = frame.with_columns(completion=np.array(generated, dtype=object))
-    generated_reward = load_reward(p, assets, annotated)(reward_inputs(scored), source="reference samples",
-                                                         row_ids=frame["prompt_id"].to_list())["reward"]
+    if "candidates" in frame.columns:  # the data has its own second reply (HH): candidate 1, nothing generated
+        generated = [c[1] for c in frame["candidates"].to_list()]
+        generated_reward = np.array([r[1] for r in frame["candidate_rewards"].to_list()])
+    else:
+        generated, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens,
+                                base.seed)
+        generated_reward = load_reward(p, assets, annotated)(
+            reward_inputs(frame, "train", completions=generated), source="reference samples",
+            row_ids=frame["prompt_id"].to_list())["reward"]
     prompts = frame["prompt"].to_list()
     logps = {}
     for name, replies in (("data", frame["completion"].to_list()), ("generated", generated)):

@@ -31,11 +31,15 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     if cfg.source != "train":  # an existing model or adapter, used as is
         from alol.policy import load_frozen
 
+        from alol.model import hub_adapter
+
+        source = Path(cfg.source) if Path(cfg.source).is_dir() else hub_adapter(cfg.source)
         with atomic_path(out) as tmp:
-            if Path(cfg.source).is_dir():
-                shutil.copytree(cfg.source, tmp)
+            if source is not None:  # a folder or a hub adapter: copied as is (an adapter stays an adapter)
+                shutil.copytree(source, tmp)
             else:
                 save_policy(load_frozen(cfg.source, model_cfg), load_tokenizer(cfg.source), tmp)
+        LiveLog(results / "live").close()  # no curves, but the stage's declared output exists
         write_json({"source": cfg.source, "steps": 0}, results / "metrics.json")
         return
     import torch

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from alol.errors import AlolError
-from alol.rewards.components import (Component, Diversity, HFClassifier, Positivity, PythonFunction, Relevance,
-                                     RewardInputs, Safety)
+from alol.rewards.components import (Component, DialogueRewardModel, Diversity, HFClassifier, Positivity,
+                                     PythonFunction, Relevance, RewardInputs, Safety)
 
-BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "hf_classifier", "python")
+BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "reward_model", "hf_classifier", "python")
 
 
 @dataclasses.dataclass
@@ -24,11 +24,18 @@ class RewardComponentConfig:
     """One entry under `rewards:`; the entry's key is the component's name (column `reward_<name>`)."""
 
     type: str | None = None
-    """One of safety, positivity, relevance, diversity, hf_classifier, python. Defaults to the name."""
+    """One of safety, positivity, relevance, diversity, reward_model, hf_classifier, python. Defaults to the name."""
     weight: float = 1.0
     """Weight of this component in `reward` = sum of weight * component."""
     model: str | None = None
-    """hf_classifier: hub id or local folder of an AutoModelForSequenceClassification."""
+    """hf_classifier: hub id or folder of an AutoModelForSequenceClassification; reward_model: of a
+    GPT-NeoX reward model (OASST layout, no remote code)."""
+    test_model: str | None = None
+    """reward_model: another reward model for the test split (null: `model`)."""
+    max_tokens: int = 1024
+    """reward_model: inputs are left-truncated to this many tokens."""
+    use_stored_logits: bool = True
+    """reward_model: use the logits stored with the data replies (PRO's files) instead of rescoring them."""
     label: str | int | None = None
     """hf_classifier: the label whose probability is the reward (name or index)."""
     text_pair: str | None = None
@@ -51,6 +58,9 @@ def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: 
         return Relevance(assets, batch_size=cfg.batch_size)
     if kind == "diversity":
         return Diversity()
+    if kind == "reward_model":
+        return DialogueRewardModel(cfg.model, cfg.test_model, cfg.max_tokens, cfg.use_stored_logits, where,
+                                   min(cfg.batch_size, 8))
     if kind == "hf_classifier":
         if not cfg.model:
             raise AlolError(f"{where}.model: hf_classifier needs a model (hub id or folder).")

@@ -6,6 +6,7 @@ Built-ins (each in [0, 1]):
   relevance   (cosine(MiniLM(context), MiniLM(completion)) + 1) / 2
   diversity   the A-LoL reference's tf-idf score; the vectorizer is fit on train completions
 Generic:
+  reward_model   sigmoid(logit) of an OASST-style GPT-NeoX reward model on the dialogue (HH)
   hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder)
   python         `module:function(prompts, completions) -> list[float]`
 """
@@ -30,6 +31,12 @@ class RewardInputs:
     completions: list[str]
     contexts: list[str]
     """The text the completion replies to (the last user turn): what `relevance` compares against."""
+    turns: list[list[str]] | None = None
+    """Dialogue turns before the completion (HH: PRO's tagged turn strings), for reward models."""
+    stored_logits: list[float] | None = None
+    """Reward-model logits stored with the data for these very completions (HH), if any."""
+    split: str | None = None
+    """train / validation / test: a component may score the test split with another model."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -216,3 +223,38 @@ class PythonFunction(Component):
             raise AlolError(f"{self.where}: {self.name} returned {values.size} value(s) of shape {values.shape} "
                             f"for {len(rows)} rows; it must return one float per (prompt, completion).")
         return values
+
+
+class DialogueRewardModel(Component):
+    """sigmoid of a GPT-NeoX reward model's logit on (turns + reply), a separate model for test
+    if given (the paper: pythia-1.4B for train/validation, 6.9B for test). With `use_stored_logits`
+    the data's own stored logits are used where present (PRO's files carry them)."""
+
+    def __init__(self, model: str, test_model: str | None, max_tokens: int, use_stored_logits: bool, where: str,
+                 batch_size: int = 8):
+        if not model:
+            raise AlolError(f"{where}.model: reward_model needs a model (hub id or folder).")
+        self.sources = {"default": model, "test": test_model or model}
+        self.max_tokens, self.use_stored, self.where, self.batch_size = max_tokens, use_stored_logits, where, batch_size
+        self.models: dict = {}
+
+    def _model(self, split: str | None):
+        from alol.rewards.reward_model import RewardModel
+
+        source = self.sources["test" if split == "test" else "default"]
+        if source not in self.models:
+            self.models[source] = RewardModel(source, self.max_tokens)
+        return self.models[source]
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        if self.use_stored and rows.stored_logits is not None and np.all(np.isfinite(rows.stored_logits)):
+            logits = np.asarray(rows.stored_logits, dtype=np.float64)
+        else:
+            if rows.turns is None:
+                raise AlolError(f"{self.where}: reward_model scores dialogues; these rows have no `turns` column.")
+            from alol.data.hh import reward_model_text
+
+            model = self._model(rows.split)
+            logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(rows.turns, rows.completions)],
+                                 self.batch_size)
+        return 1.0 / (1.0 + np.exp(-logits))
