@@ -1,0 +1,23 @@
+"""The benchmark's arithmetic (its runs are not tests: they take minutes and need the real model)."""
+
+import pytest
+
+from alol.bench import report
+
+
+def test_report_ratios_and_mfu_by_hand():
+    cases = {"a": {"step_seconds": 2.0, "tokens_per_second": 500.0, "peak_rss_mib": 1000.0},
+             "b": {"step_seconds": 2.1, "tokens_per_second": 480.0, "peak_rss_mib": 1020.0},
+             "c": {"step_seconds": 3.0, "tokens_per_second": 330.0, "peak_rss_mib": 1500.0},
+             "d": {"step_seconds": 3.0, "tokens_per_second": 250.0, "peak_rss_mib": 1400.0},
+             "e": {"step_seconds": 4.0, "tokens_per_second": 600.0, "peak_rss_mib": 1100.0},
+             "f": {"step_seconds": 8.0, "tokens_per_second": 300.0, "peak_rss_mib": 2000.0},
+             "f_pre": {"error": "exit 1"}}
+    out = report(cases, peak=1.0e11, params=100_000_000)
+    targets = out["targets"]
+    assert targets["b/a step time (<= 1.05)"] == pytest.approx(2.1 / 2.0)
+    assert targets["b/a peak memory (<= 1.05)"] == pytest.approx(1020 / 1000)
+    assert targets["a/d tokens/s (>= 1.3)"] == pytest.approx(500 / 250)
+    assert targets["e/best f tokens/s (>= 1.3)"] == pytest.approx(600 / 300)  # f_pre failed: f is the best
+    # MFU = 6 N tokens/s / peak = 6 * 1e8 * 500 / 1e11 = 3.0 (a made-up peak; real runs are < 1)
+    assert targets["a MFU (>= 0.75)"] == pytest.approx(3.0)
