@@ -89,6 +89,7 @@ def load_rows(cfg: BenchConfig, preference: bool):
 
 
 def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
+    import polars as pl
     import torch
 
     from alol.finetune import FinetuneConfig, offline_loss_fn, offline_rows, preference_loss_fn, preference_rows
@@ -116,9 +117,9 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
             examples = encode(tok, frame["prompt"].to_list(), frame["completion"].to_list(), cfg.max_prompt_tokens,
                               cfg.max_completion_tokens)
             logps, _ = reference_pass(frozen, examples, tok.pad_token_id, want_states=False)
-            frame = frame.with_columns(ref_token_logps=logps)
+            frame = frame.with_columns(pl.Series("ref_token_logps", logps))  # a list would broadcast
         elif "ref_token_logps" not in frame.columns:
-            frame = frame.with_columns(ref_token_logps=[[0.0]] * frame.height)
+            frame = frame.with_columns(pl.Series("ref_token_logps", [[0.0]] * frame.height))
         rows, extras = offline_rows(frame, tok, "nll" if case == "c" else algorithm, cfg.max_prompt_tokens,
                                     cfg.max_completion_tokens, cfg.rows)
         extras["advantage"] = frame["advantage"].to_list()
@@ -188,6 +189,9 @@ def run_trl(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
                   max_steps=cfg.steps + cfg.warmup, learning_rate=cfg.learning_rate, weight_decay=0.0,
                   lr_scheduler_type="linear", max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[],
                   use_cpu=not torch.cuda.is_available(), seed=0, dataloader_num_workers=0,
+                  # TRL's own defaults are bf16 autocast and gradient checkpointing: alol's cases run
+                  # fp32 without checkpointing (bf16 is ~27x slower on this CPU), so the same here.
+                  bf16=False, fp16=False, gradient_checkpointing=False,
                   max_length=cfg.max_prompt_tokens + cfg.max_completion_tokens)
     timer = StepTimer()
     count = lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731

@@ -100,6 +100,12 @@ def save_policy(model, tokenizer, out: Path) -> None:
     """save_pretrained: a full model, or just the adapter for lora/qlora (safetensors)."""
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    config = Path(out) / "adapter_config.json"
+    if config.exists():  # peft writes target_modules from a set: sort it so equal weights give equal files
+        data = json.loads(config.read_text())
+        if isinstance(data.get("target_modules"), list):
+            data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def policy_paths(path: str | Path) -> tuple[Path, Path | None]:

@@ -104,6 +104,24 @@ def test_lora_moves_every_adapter_parameter(tiny):
     assert all(not torch.equal(fresh[n], v) for n, v in params.items())
 
 
+def test_saved_adapter_is_byte_identical_across_processes(tiny, tmp_path):
+    """DVC hashes outputs: equal weights must give equal files, whatever Python's string hash seed
+    (peft keeps target_modules in a set)."""
+    import os
+    import subprocess
+    import sys
+
+    path, _ = tiny
+    script = ("import sys, torch; from alol.model import ModelConfig, load_policy, load_tokenizer, save_policy; "
+              "torch.manual_seed(0); m = load_policy(sys.argv[1], ModelConfig(mode='lora')); "
+              "save_policy(m, load_tokenizer(sys.argv[1]), sys.argv[2])")
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / seed)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("algorithm", ["dpo", "dpo_ref_free", "pro"])
 def test_preference_algorithms_move_every_parameter(tiny, algorithm):
     path, tok = tiny
