@@ -90,15 +90,15 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     order = [a for a in algorithms if a != current] + ([current] if current in algorithms else [])
     rows = []
     params_text = (root / "params.yaml").read_text()
+    results = root / "results"
     try:
         for algorithm in order:
             seconds = run_experiment(algorithm, root)
-            results = root / "results"
             rows.append(table_row(algorithm, read(results / "evaluate" / "metrics.json"),
                                   read(results / "finetune" / "metrics.json"), read(results / "plan.json"), seconds))
     finally:  # `dvc exp run -S` rewrites params.yaml (comments, nulls, line wrapping): give the user's file back
         (root / "params.yaml").write_text(params_text)
-    reference = read(root / "results" / "evaluate_reference" / "metrics.json")
+    reference = read(results / "evaluate_reference" / "metrics.json")
     rows.sort(key=lambda r: algorithms.index(r["algorithm"]))
     rows.insert(0, table_row("reference", reference, None, None, None))
     gold = {"algorithm": "gold (test replies)", "reward": reference["gold"]["reward"],
