@@ -39,6 +39,25 @@ def run_experiment(algorithm: str, root: Path) -> float:
     return time.perf_counter() - tic
 
 
+def git_branch(root: Path) -> str | None:
+    """The branch HEAD is on, or None when HEAD is detached."""
+    proc = subprocess.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def git_commit(root: Path, ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", ref], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def reattach(root: Path, branch: str) -> None:
+    """Put HEAD back on `branch` if an interrupted `dvc exp run` left it detached at the branch's tip.
+
+    `dvc exp run` detaches HEAD while it runs and normally restores it; killed midway it leaves HEAD
+    detached, and every commit made after that belongs to no branch."""
+    if git_branch(root) is None and git_commit(root, "HEAD") == git_commit(root, branch):
+        subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=root, check=True)
+
+
 def read(path: Path) -> dict:
     if not path.exists():
         raise AlolError(f"{path}: missing; run `dvc repro` first.")
@@ -88,6 +107,10 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     if unknown:
         raise AlolError(f"unknown algorithm(s) {', '.join(unknown)}; valid: {', '.join(ALGORITHMS)}.")
     order = [a for a in algorithms if a != current] + ([current] if current in algorithms else [])
+    branch = git_branch(root)
+    if branch is None:
+        raise AlolError(f"{root.resolve()}: git HEAD is detached (an interrupted `dvc exp run` leaves it so), and "
+                        "commits made now would belong to no branch; run `git checkout <your branch>` first.")
     rows = []
     params_text = (root / "params.yaml").read_text()
     results = root / "results"
@@ -98,6 +121,7 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
                                   read(results / "finetune" / "metrics.json"), read(results / "plan.json"), seconds))
     finally:  # `dvc exp run -S` rewrites params.yaml (comments, nulls, line wrapping): give the user's file back
         (root / "params.yaml").write_text(params_text)
+        reattach(root, branch)
     reference = read(results / "evaluate_reference" / "metrics.json")
     rows.sort(key=lambda r: algorithms.index(r["algorithm"]))
     rows.insert(0, table_row("reference", reference, None, None, None))
