@@ -11,6 +11,7 @@ the same model, in its own child process so that its peak memory is its own (os.
   d  TRL SFTTrainer (prompt-completion, completion-only loss)
   e  alol dpo, reference log-probs precomputed
   f  TRL DPOTrainer, reference recomputed; f_pre: with precompute_ref_log_probs (precompute untimed)
+  a_compile  case a with the decoder under torch.compile (on request: --cases a,a_compile)
 
 Tokens are non-padding tokens (prompt + completion) per second, the first `warmup` steps
 excluded. MFU = 6 N tokens/s / measured fp32 matmul FLOP/s (N = parameters; full fine-tuning).
@@ -31,7 +32,11 @@ import numpy as np
 
 CASES = {"a": "alol nll", "b": "alol a_lol (precomputed reference)",
          "c": "a_lol recomputing the reference (authors' design)", "d": "TRL SFTTrainer",
-         "e": "alol dpo (precomputed reference)", "f": "TRL DPOTrainer", "f_pre": "TRL DPOTrainer (precompute_ref_log_probs)"}
+         "e": "alol dpo (precomputed reference)", "f": "TRL DPOTrainer",
+         "f_pre": "TRL DPOTrainer (precompute_ref_log_probs)",
+         "a_compile": "alol nll, decoder under torch.compile (dynamic shapes)"}
+DEFAULT_CASES = ("a", "b", "c", "d", "e", "f", "f_pre")  # a_compile on request: it spends minutes compiling
+ALOL_CASES = ("a", "a_compile", "b", "c", "e")
 
 
 @dataclasses.dataclass
@@ -46,8 +51,8 @@ class BenchConfig:
     """Preference pairs (prompt, chosen, rejected) for dpo."""
     steps: int = 5
     """Timed optimizer steps per case."""
-    warmup: int = 1
-    """Untimed optimizer steps first."""
+    warmup: int = 2
+    """Untimed optimizer steps first: here the second step still runs at ~70% of the later steps' tokens/s."""
     batch_size: int = 8
     """Rows per optimizer step (the default finetune batch)."""
     micro_batch_size: int = 4
@@ -112,7 +117,7 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
             extras[name] = [float(np.sum(x)) for x in logps]
         loss_fn = preference_loss_fn("dpo", finetune, candidates=2)
     else:
-        algorithm = "nll" if case == "a" else "a_lol"
+        algorithm = "nll" if case in ("a", "a_compile") else "a_lol"
         if case == "b":  # the advantages stage's column, computed here with the same starting model (untimed)
             examples = encode(tok, frame["prompt"].to_list(), frame["completion"].to_list(), cfg.max_prompt_tokens,
                               cfg.max_completion_tokens)
@@ -134,6 +139,8 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
     if case != "c":
         del frozen
     model = load_policy(cfg.model, ModelConfig(mode="full"))
+    if case == "a_compile":  # compiled lazily: the compile time lands in the first (warm-up) steps
+        model.get_decoder().compile(dynamic=True)
     plan = np.arange(len(rows)).reshape(-1, cfg.batch_size)
     log = []
     train(model, rows, extras, plan, loss_fn,
@@ -221,7 +228,7 @@ def child(case: str, cfg: BenchConfig, out: Path) -> None:
     import torch
 
     torch.manual_seed(0)
-    steps = run_alol(case, cfg) if case in ("a", "b", "c", "e") else run_trl(case, cfg)
+    steps = run_alol(case, cfg) if case in ALOL_CASES else run_trl(case, cfg)
     result = {"steps": steps}
     if torch.cuda.is_available():
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
@@ -276,8 +283,9 @@ def main() -> None:
     def cli(case: str = typer.Option("", help="Internal: run one case in this process."),
             config: str = typer.Option("", help="Internal: the BenchConfig as JSON."),
             child_out: Path = typer.Option(None, help="Internal: where the child writes."),
-            cases: str = typer.Option(",".join(CASES), help="Cases to run."),
+            cases: str = typer.Option(",".join(DEFAULT_CASES), help=f"Cases to run, of {', '.join(CASES)}."),
             steps: int = typer.Option(BenchConfig.steps, help="Timed steps per case."),
+            warmup: int = typer.Option(BenchConfig.warmup, help="Untimed steps first."),
             model: str = typer.Option(BenchConfig.model, help="Model every case starts from."),
             out: Path = typer.Option(Path("results/bench/bench.json"), help="Where the JSON goes.")):
         if case:
@@ -288,7 +296,11 @@ def main() -> None:
 
         from alol.io import write_json
 
-        cfg = BenchConfig(model=model, steps=steps)
+        unknown = [c for c in cases.split(",") if c not in CASES]
+        if unknown:
+            raise typer.BadParameter(f"unknown case(s) {', '.join(unknown)}; valid: {', '.join(CASES)}",
+                                     param_hint="--cases")
+        cfg = BenchConfig(model=model, steps=steps, warmup=warmup)
         peak = matmul_flops()
         from transformers import AutoConfig, AutoModelForCausalLM
 

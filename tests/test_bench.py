@@ -21,3 +21,22 @@ def test_report_ratios_and_mfu_by_hand():
     assert targets["e/best f tokens/s (>= 1.3)"] == pytest.approx(600 / 300)  # f_pre failed: f is the best
     # MFU = 6 N tokens/s / peak = 6 * 1e8 * 500 / 1e11 = 3.0 (a made-up peak; real runs are < 1)
     assert targets["a MFU (>= 0.75)"] == pytest.approx(3.0)
+
+
+def test_readme_table_is_the_committed_benchmark():
+    """The README's performance table shows results/bench/bench.json, rounded as printed."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    bench = json.loads((repo / "results" / "bench" / "bench.json").read_text())
+    section = (repo / "README.md").read_text().split("## Performance", 1)[1]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in section.splitlines() if line.startswith("| "))}
+    for case in bench["cases"]:
+        expected = [f"{case['step_seconds']:.2f}", f"{case['tokens_per_second']:.0f}", f"{case['peak_rss_mib']:.0f}",
+                    f"{case['mfu']:.2f}"]
+        assert rows[case["case"]][2:] == expected, case["case"]
+    assert f"{bench['matmul_gflops']:.0f} GFLOP/s (`results/bench/bench.json`)" in section
+    for target, value in bench["targets"].items():
+        assert f"{value:.3f}" in section, target
