@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,25 @@ def stage(fn: Callable) -> Callable:
     return wrapper
 
 
+def repair_after_kill(folder: Path) -> None:
+    """Mend what a SIGKILL during a DVCLive write leaves: DVCLive rewrites metrics.json in place (a
+    truncated one stops its resume) and appends curve rows (the last may be cut)."""
+    summary = folder / "metrics.json"
+    if summary.exists():
+        try:
+            json.loads(summary.read_text())
+        except ValueError:  # the summary is rewritten in full at the next step
+            summary.unlink()
+    for curve in folder.glob("plots/metrics/**/*.tsv"):
+        data = curve.read_bytes()
+        if not data.endswith(b"\n"):
+            whole = data[:data.rfind(b"\n") + 1]
+            if whole:
+                curve.write_bytes(whole)
+            else:  # not even the header: DVCLive writes a new one
+                curve.unlink()
+
+
 class LiveLog:
     """Training curves through DVCLive inside the stage's own output folder (no dvc.yaml edits)."""
 
@@ -47,6 +67,8 @@ class LiveLog:
         from dvclive import Live
         from scmrepo.exceptions import SCMError
 
+        if resume:
+            repair_after_kill(Path(folder))
         try:
             self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, resume=resume)
         except SCMError as err:  # DVCLive reads HEAD, which a fresh `git init` does not have yet

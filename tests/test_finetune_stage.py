@@ -132,3 +132,20 @@ def test_two_processes_match_one_with_doubled_accumulation(workdir):
     one, two = weights(workdir / "one"), weights(workdir / "two")
     # same rows, same update; only the order of floating-point sums differs (all-reduce)
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+
+
+def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):
+    """A SIGKILL while DVCLive rewrites metrics.json or appends a curve row must not stop the resume."""
+    from alol.cli import LiveLog
+
+    live = tmp_path / "live"
+    (live / "plots" / "metrics").mkdir(parents=True)
+    (live / "metrics.json").write_text('{\n    "loss": 1.5,\n    "st')  # cut mid-write
+    (live / "plots" / "metrics" / "loss.tsv").write_text("step\tloss\n0\t2.0\n1\t1.")  # last row cut
+    (live / "plots" / "metrics" / "kl.tsv").write_text("ste")  # not even a whole header
+    log = LiveLog(live, resume=True)
+    log(1, {"loss": 1.25, "kl": 0.5})
+    log.close()
+    assert (live / "plots" / "metrics" / "loss.tsv").read_text().splitlines() == ["step\tloss", "0\t2.0", "1\t1.25"]
+    assert (live / "plots" / "metrics" / "kl.tsv").read_text().splitlines() == ["step\tkl", "1\t0.5"]
+    assert json.loads((live / "metrics.json").read_text())["loss"] == 1.25
