@@ -101,8 +101,8 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     from alol.io import write_json
     from alol.plots import bar_chart
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    current = params.get("algorithm", "a_lol")
+    params_text = (root / "params.yaml").read_text()
+    current = yaml.safe_load(params_text).get("algorithm", "a_lol")
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise AlolError(f"unknown algorithm(s) {', '.join(unknown)}; valid: {', '.join(ALGORITHMS)}.")
@@ -112,7 +112,6 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
         raise AlolError(f"{root.resolve()}: git HEAD is detached (an interrupted `dvc exp run` leaves it so), and "
                         "commits made now would belong to no branch; run `git checkout <your branch>` first.")
     rows = []
-    params_text = (root / "params.yaml").read_text()
     results = root / "results"
     try:
         for algorithm in order:

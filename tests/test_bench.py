@@ -1,5 +1,8 @@
 """The benchmark's arithmetic (its runs are not tests: they take minutes and need the real model)."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from alol.bench import report
@@ -25,9 +28,6 @@ def test_report_ratios_and_mfu_by_hand():
 
 def test_readme_table_is_the_committed_benchmark():
     """The README's performance table shows results/bench/bench.json, rounded as printed."""
-    import json
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     bench = json.loads((repo / "results" / "bench" / "bench.json").read_text())
     section = (repo / "README.md").read_text().split("## Performance", 1)[1]

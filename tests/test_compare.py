@@ -2,7 +2,6 @@
 (params.yaml as written, HEAD on its branch). `dvc exp run` itself is replaced by a fake that writes the
 metrics an experiment would."""
 
-import json
 import subprocess
 
 import polars as pl
@@ -10,6 +9,7 @@ import pytest
 
 from alol import compare as cmp
 from alol.errors import AlolError
+from alol.io import write_json
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 PARAMS = "# the user's comment\nalgorithm: a_lol  # kept verbatim\n"
@@ -20,20 +20,15 @@ def generations(reward: float) -> dict:
             "distinct_3": 0.875, "length_words": 9.0, "kl": 0.25}
 
 
-def write(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
 @pytest.fixture
 def repo(tmp_path):
     (tmp_path / "params.yaml").write_text(PARAMS)
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], [*GIT, "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=tmp_path, check=True)
     results = tmp_path / "results"
-    write(results / "evaluate_reference" / "metrics.json",
-          {"generations": generations(2.0), "gold": {**generations(2.5), "kl": None}})
-    write(results / "plan.json", {"positive_fraction": 0.625})
+    write_json({"generations": generations(2.0), "gold": {**generations(2.5), "kl": None}},
+               results / "evaluate_reference" / "metrics.json")
+    write_json({"positive_fraction": 0.625}, results / "plan.json")
     return tmp_path
 
 
@@ -43,13 +38,12 @@ def fake_experiment(root, gains):
     def run(algorithm, root_):
         assert root_ == root
         gain = gains[algorithm]
-        write(root / "results" / "evaluate" / "metrics.json",
-              {"generations": generations(2.0 + gain),
-               "vs_baseline": {"reward": {"gain": gain, "ci_low": gain - 0.125, "ci_high": gain + 0.125,
-                                          "win_rate": 0.5 + gain}}})
-        write(root / "results" / "finetune" / "metrics.json",
-              {"sampling_strategy": "good_priority" if algorithm.startswith("a_lol") else "uniform",
-               "steps": 13, "train_seconds": 60.0})
+        write_json({"generations": generations(2.0 + gain),
+                    "vs_baseline": {"reward": {"gain": gain, "ci_low": gain - 0.125, "ci_high": gain + 0.125,
+                                               "win_rate": 0.5 + gain}}},
+                   root / "results" / "evaluate" / "metrics.json")
+        write_json({"sampling_strategy": "good_priority" if algorithm.startswith("a_lol") else "uniform",
+                    "steps": 13, "train_seconds": 60.0}, root / "results" / "finetune" / "metrics.json")
         (root / "params.yaml").write_text(f"algorithm: {algorithm}\n")
         subprocess.run(["git", "checkout", "-q", "--detach"], cwd=root, check=True)
         return 70.0
