@@ -29,13 +29,21 @@ def stage(fn: Callable) -> Callable:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         # peft still calls a transformers property deprecated for v6; nothing for a user to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        from alol.device import check_processes, state
+
         start = time.perf_counter()
+        proc = state()  # joins the other processes under accelerate launch / torchrun
         try:
+            check_processes()
             result = fn(*args, **kwargs)
         except AlolError as err:
-            console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}): {escape(str(err))}", highlight=False)
+            rank = f" [process {proc.process_index}]" if proc.num_processes > 1 else ""
+            console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}){rank}: {escape(str(err))}", highlight=False)
             sys.exit(1)
-        console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s")
+        if proc.is_main_process:
+            processes = f" on {proc.num_processes} processes" if proc.num_processes > 1 else ""
+            console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s{processes}")
+        proc.destroy_process_group()
         return result
 
     return wrapper

@@ -82,6 +82,7 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
         generations = generations.with_columns(pl.Series("ref_logp", [float(np.sum(t)) for t in ref_logps]))
         stats.update(kl_estimate(policy_logps, ref_logps))
     gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
+    # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
     gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
     metrics = {"rows": test.height, "generated_tokens_per_second": generated / seconds,
                "generations": stats, "gold": {**reward_means(gold_rewards),

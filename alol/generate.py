@@ -6,6 +6,9 @@ import dataclasses
 
 import torch
 
+from alol.sequences import encode_prompts
+from alol.shard import map_blocks
+
 
 @dataclasses.dataclass
 class GenerationConfig:
@@ -30,36 +33,42 @@ class GenerationConfig:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_prompt_tokens: int, seed: int = 0) -> tuple[list[str], int]:
-    """Replies in the order of `prompts`, and the number of generated tokens."""
+def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_prompt_tokens: int, seed: int = 0,
+             description: str | None = "generating") -> tuple[list[str], int]:
+    """Replies in the order of `prompts`, and the number of generated tokens.
+
+    Prompts are sorted by length and cut into batches of `cfg.batch_size`; under N processes each
+    takes every N-th batch (alol.shard). Each batch seeds its own sampling, so sampled replies do
+    not depend on the number of processes either."""
     model.eval()
     device = next(model.parameters()).device
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    encoded = [ids[-max_prompt_tokens:] for ids in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    replies, generated = [""] * len(prompts), 0
-    torch.manual_seed(seed)
-    for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+
+    def batch(number: int, idx: list[int]) -> list[tuple[str, int]]:
         width = max(len(encoded[i]) for i in idx)
         input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             attention[row, width - len(encoded[i]):] = 1
+        torch.manual_seed(seed + number)
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=cfg.max_new_tokens,
             num_beams=cfg.num_beams, do_sample=cfg.do_sample, top_p=cfg.top_p if cfg.do_sample else None,
             temperature=cfg.temperature if cfg.do_sample else None, repetition_penalty=cfg.repetition_penalty,
             stop_strings=cfg.stop_strings or None, tokenizer=tokenizer if cfg.stop_strings else None,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
-        for row, i in enumerate(idx):
+        results = []
+        for row in range(len(idx)):
             new = out[row, width:].tolist()
             if tokenizer.eos_token_id in new:
                 new = new[:new.index(tokenizer.eos_token_id)]
-            generated += len(new)
-            replies[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_strings)
-    return replies, generated
+            results.append((cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_strings), len(new)))
+        return results
+
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results = map_blocks(batch, order, cfg.batch_size, description)
+    return [text for text, _ in results], sum(n for _, n in results)
 
 
 def cut_at_stop(text: str, stop_strings: list[str]) -> str:

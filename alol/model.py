@@ -9,9 +9,8 @@ from typing import Literal
 
 import torch
 
+from alol.device import DTYPES, load_kwargs, place
 from alol.errors import AlolError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclasses.dataclass
@@ -62,7 +61,7 @@ def load_policy(path: str | Path, cfg: ModelConfig, adapter: str | Path | None =
     """The model at `path` (plus an existing LoRA adapter) prepared for `cfg.mode`."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    kwargs = {**load_kwargs(DTYPES[cfg.dtype]), "trust_remote_code": cfg.trust_remote_code}
     if cfg.mode == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -93,7 +92,7 @@ def load_policy(path: str | Path, cfg: ModelConfig, adapter: str | Path | None =
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]))
     if not trainable:
         model.eval().requires_grad_(False)
-    return model
+    return place(model, "policy" if trainable else "frozen policy")
 
 
 def save_policy(model, tokenizer, out: Path) -> None:

@@ -18,20 +18,37 @@ import torch
 class Example:
     prompt_ids: list[int]
     completion_ids: list[int]
-    """The completion's tokens, EOS included."""
+    """The completion's tokens, EOS included unless the reply was cut at the length limit."""
 
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.completion_ids)
 
 
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Prompts as the model was trained to read them: BOS first when the tokenizer adds one (LLaMA),
+    nothing added otherwise (SmolLM2's chat template already starts its own turn), the text
+    left-truncated so that the end, where the reply starts, is kept (BOS stays in front).
+
+    The one place prompts become ids: training, the reference pass, the value head and generation."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer("a", add_special_tokens=True)["input_ids"][:1] != [bos]:
+        return [p[-max_prompt_tokens:] for p in ids]
+    return [[bos] + p[len(p) - max_prompt_tokens + 1:] if len(p) >= max_prompt_tokens else [bos] + p for p in ids]
+
+
+def encode_completion(ids: list[int], eos: int, max_completion_tokens: int) -> list[int]:
+    """The reply and its EOS when it fits; a reply cut at the limit gets no EOS (it did not end)."""
+    return ids + [eos] if len(ids) < max_completion_tokens else ids[:max_completion_tokens]
+
+
 def encode(tokenizer, prompts: list[str], completions: list[str], max_prompt_tokens: int,
            max_completion_tokens: int) -> list[Example]:
-    """Prompt left-truncated, completion right-truncated, EOS appended (it is part of y)."""
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    """Prompt left-truncated, completion right-truncated; EOS is part of y when the reply is whole."""
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [Example(p[-max_prompt_tokens:], c[:max_completion_tokens - 1] + [eos])
+    return [Example(p, encode_completion(c, tokenizer.eos_token_id, max_completion_tokens))
             for p, c in zip(prompt_ids, completion_ids)]
 
 

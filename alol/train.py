@@ -3,18 +3,20 @@
     accelerate launch --num_processes 2 stages/finetune.py ...   # DDP / ZeRO / FSDP from its config
 
 Each optimizer step trains on `batch_size` rows of the plan. A process takes its contiguous
-share, groups it by length into micro-batches, and back-propagates sum(per-example loss) /
-(rows per process); DDP averages across processes. So the update is the mean over the step's
-rows however it is split (micro-batch x accumulation x processes).
+share and groups it by length into equal micro-batches; Accelerate's gradient accumulation
+averages them and DDP averages across processes. So the update is the mean over the step's rows
+however it is split (micro-batch x accumulation x processes), and the LR schedule advances once
+per optimizer step. Only the main process logs; checkpoints are written collectively.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -97,99 +99,197 @@ class BestWeights:
                 if name in self.state:
                     param.copy_(self.state[name])
 
+    def save(self, folder: Path) -> dict:
+        if self.state is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.state.items()}, str(folder / "best.safetensors"))
+        return {"best_score": self.score if self.state is not None else None, "best_step": self.step}
+
+    def load(self, folder: Path, saved: dict) -> None:
+        if saved.get("best_score") is not None:
+            from safetensors.torch import load_file
+
+            self.score, self.step = saved["best_score"], saved["best_step"]
+            self.state = load_file(str(folder / "best.safetensors"))
+
+
+def run_fingerprint(settings: dict, cfg: TrainConfig, plan: np.ndarray, rows: list[list[Example]],
+                    extras: dict[str, list]) -> str:
+    """A hash of everything that decides the trained weights: the stage's settings (algorithm, loss,
+    model), the optimiser, the plan and the rows with their columns. A checkpoint resumes only the
+    run with the same hash."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    optimiser = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
+    digest.update(json.dumps([settings, optimiser], sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(plan, dtype=np.int64).tobytes())
+    digest.update(json.dumps([[(e.prompt_ids, e.completion_ids) for e in row] for row in rows]).encode())
+    digest.update(json.dumps({k: np.asarray(v, dtype=object).tolist() for k, v in sorted(extras.items())},
+                             default=float).encode())
+    return digest.hexdigest()[:16]
+
+
+def folder_digest(folder: str | Path) -> str:
+    """A hash of a model folder's weights and configs: the starting weights belong to a run's identity."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*")):
+        if path.suffix in (".safetensors", ".json") and path.is_file():
+            digest.update(path.name.encode())
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+class Checkpoint:
+    """The resumable state of one training run in `folder`. A checkpoint left by another run (other
+    algorithm, params, data or plan) is discarded with a message, never resumed."""
+
+    def __init__(self, folder: Path | None, fingerprint: str):
+        from alol.device import state
+
+        self.folder, self.fingerprint, self.saved = folder, fingerprint, None
+        if folder is None:
+            return
+        marker = folder / "step.json"
+        if marker.exists():
+            saved = json.loads(marker.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                self.saved = saved
+            elif state().is_main_process:
+                state().print(f"discarding the checkpoint in {folder}: it is from another run (fingerprint "
+                              f"{saved.get('fingerprint')}, this run {fingerprint}); starting from step 0.")
+                shutil.rmtree(folder)
+        state().wait_for_everyone()  # nobody reads the folder while the main process may delete it
+
+    @property
+    def resumable(self) -> bool:
+        return self.saved is not None
+
+    def save(self, accelerator, step: int, best: BestWeights | None) -> None:
+        """Write the full training state to a temporary folder, then swap it in (a kill never leaves half).
+        Collective: every process writes its own RNG state; the main process writes the rest."""
+        folder = self.folder
+        tmp = folder.with_name(folder.name + ".tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            meta = {"step": step, "fingerprint": self.fingerprint, **(best.save(tmp) if best is not None else {})}
+            (tmp / "step.json").write_text(json.dumps(meta))
+            old = folder.with_name(folder.name + ".old")
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        kill_at = os.environ.get("ALOL_KILL_AFTER_CHECKPOINT")  # tests: a SIGKILL at a chosen step
+        if kill_at and int(kill_at) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def remove(self) -> None:
+        from alol.device import state
+
+        if self.folder is not None and state().is_main_process:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
 
 def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.ndarray, loss_fn: LossFn,
-          cfg: TrainConfig, pad_id: int, checkpoint_dir: Path | None = None,
+          cfg: TrainConfig, pad_id: int, checkpoint: Checkpoint | None = None,
           log: Callable[[int, dict], None] | None = None, validate: Validator | None = None):
     """Run `plan` (steps x batch_size row indices). Each row is a list of sequences (1 for offline
     algorithms, 2+ for preference ones); `extras` holds per-row values the loss needs. With
     `validate` and `cfg.eval_every`, the best-scoring weights (the start's included) are kept.
-    Returns the unwrapped model."""
-    from accelerate import Accelerator
+    `log` is called on the main process only. Returns the unwrapped model."""
+    from accelerate import Accelerator, DataLoaderConfiguration
 
-    accelerator = Accelerator()
+    from alol.device import DATA_PARALLEL, state
+
     steps, batch_size = plan.shape
     if batch_size != cfg.batch_size:
         raise AlolError(f"the plan has {batch_size} rows per step but batch_size is {cfg.batch_size}; "
                         "rerun the stage that makes the plan (dvc repro).")
-    grad_accumulation(cfg, accelerator.num_processes)
+    accumulation = grad_accumulation(cfg, state().num_processes)
+    # split_batches: a plan step is the global batch, so the schedule advances once per optimizer step
+    # whatever the number of processes; accumulation is Accelerate's (no_sync, loss scaling, when to step)
+    accelerator = Accelerator(gradient_accumulation_steps=accumulation,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.distributed_type not in DATA_PARALLEL:
+        raise AlolError(f"accelerate config: distributed_type {accelerator.distributed_type} is not supported; alol "
+                        "trains with data parallelism (DDP: one or many GPUs, one or many nodes). DeepSpeed ZeRO and "
+                        "FSDP shard the weights that validation and the best-weights copy read whole: use "
+                        "`distributed_type: MULTI_GPU` (LoRA/QLoRA keeps a 7B model in one GPU's memory).")
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    best = BestWeights() if validate is not None and cfg.eval_every else None
     start = 0
-    if checkpoint_dir is not None and (checkpoint_dir / "step.json").exists():
-        accelerator.load_state(str(checkpoint_dir))
-        start = json.loads((checkpoint_dir / "step.json").read_text())["step"]
-        accelerator.print(f"resumed from {checkpoint_dir} at step {start}")
+    if checkpoint is not None and checkpoint.resumable:
+        accelerator.load_state(str(checkpoint.folder))
+        start = checkpoint.saved["step"]
+        if best is not None:
+            best.load(checkpoint.folder, checkpoint.saved)
+        accelerator.print(f"resumed from {checkpoint.folder} at step {start}")
     lengths = [sum(e.length for e in row) for row in rows]
     per_process = cfg.batch_size // accelerator.num_processes
     rank = accelerator.process_index
-    best = BestWeights() if validate is not None and cfg.eval_every else None
+    main = log is not None and accelerator.is_main_process
 
-    def validation(step: int) -> None:  # every process scores the same prompts: no broadcast needed
+    def validation(step: int) -> None:  # collective: the prompts are shared out, every process gets the score
         score = validate(accelerator.unwrap_model(model))
         model.train()
-        kept = best.offer(model, score, step)
-        if log is not None and accelerator.is_main_process:
+        kept = best.offer(accelerator.unwrap_model(model), score, step)
+        if main:
             log(step, {"validation/reward": score, "validation/best": best.score})
             accelerator.print(f"validation at step {step}: {score:.4f}" + (" (best so far)" if kept else ""))
 
-    if best is not None and start == 0:  # after a resume the best is tracked from the resume point
+    if best is not None and start == 0:  # the starting point competes too
         validation(0)
     model.train()
     for step in range(start, steps):
         tic = time.perf_counter()
         mine = [int(i) for i in plan[step, rank * per_process:(rank + 1) * per_process]]
-        groups = length_grouped(mine, lengths, cfg.micro_batch_size)
-        totals, tokens, loss_sum = {}, 0, 0.0
-        for i, group in enumerate(groups):
+        totals, tokens, grad_norm = {}, 0, None
+        for group in length_grouped(mine, lengths, cfg.micro_batch_size):  # `accumulation` equal groups
             sequences = [e for r in group for e in rows[r]]
             batch = collate(sequences, pad_id, {k: [v[r] for r in group] for k, v in extras.items()})
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            last = i == len(groups) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.accumulate(model):
                 per_example, stats = loss_fn(model, batch)
-                loss = per_example.sum() / per_process
-                accelerator.backward(loss)
-            loss_sum += loss.item()
+                # the backward divides by `accumulation`: the gradient is the mean over this process's
+                # rows, and DDP's all-reduce makes it the mean over the step's rows
+                accelerator.backward(per_example.mean())
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in {"loss": per_example.mean().item(), **stats}.items():
+                totals[key] = totals.get(key, 0.0) + value / accumulation
             tokens += int(batch["attention_mask"].sum())
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value * len(group) / per_process
-        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        names = sorted(totals)  # every process has the same keys: mean over processes = mean over rows
+        means = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "mean")
+        tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum"))
         seconds = time.perf_counter() - tic
-        if log is not None and accelerator.is_main_process:
-            log(step + 1, {"loss": loss_sum, "grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0],
-                           "tokens_per_second": tokens * accelerator.num_processes / seconds,
-                           "step_seconds": seconds, **totals})
+        if main:
+            log(step + 1, {**dict(zip(names, means.tolist())), "grad_norm": float(grad_norm),
+                           "learning_rate": scheduler.get_last_lr()[0], "tokens_per_second": tokens / seconds,
+                           "step_seconds": seconds})
         if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
             validation(step + 1)
-        if checkpoint_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(accelerator, checkpoint_dir, step + 1)
+        if checkpoint is not None and checkpoint.folder is not None and cfg.checkpoint_every \
+                and (step + 1) % cfg.checkpoint_every == 0:
+            checkpoint.save(accelerator, step + 1, best)
     accelerator.wait_for_everyone()
     if best is not None and best.state is not None and best.step != steps:
-        best.restore(model)
+        best.restore(accelerator.unwrap_model(model))
         accelerator.print(f"kept the weights of step {best.step} (validation reward {best.score:.4f})")
     return accelerator.unwrap_model(model)
-
-
-def save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
-    """Write the full training state to a temporary folder, then swap it in (a kill never leaves half)."""
-    tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
-        old = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
-        if checkpoint_dir.exists():
-            checkpoint_dir.rename(old)
-        tmp.rename(checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 def summarize(history: list[dict]) -> dict:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from alol.device import place
+
 from alol.generate import GenerationConfig
 
 
@@ -78,7 +80,7 @@ class ValueHead(nn.Module):
         config = json.loads((folder / "config.json").read_text())
         head = cls(config["hidden_size"], config["low"], config["high"], config["heads"], config["dropout"])
         head.load_state_dict(load_file(folder / "value_head.safetensors"))
-        return head.eval(), config
+        return place(head.eval(), "value head"), config
 
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +96,8 @@ def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.inference_mode()
 def predict(head: ValueHead, states: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
     head.eval()
-    return np.concatenate([head(*pad_states(states[i:i + batch_size])).numpy()
+    device = head.low.device
+    return np.concatenate([head(*(t.to(device) for t in pad_states(states[i:i + batch_size]))).float().cpu().numpy()
                            for i in range(0, len(states), batch_size)]) if states else np.zeros(0)
 
 

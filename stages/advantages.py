@@ -11,12 +11,13 @@ import typer
 
 from alol.advantages import candidate_rows, with_advantages
 from alol.cli import stage
+from alol.device import is_main_process
 from alol.io import read_parquet, write_json, write_parquet
 from alol.model import ModelConfig, load_tokenizer, tokenizer_fingerprint
 from alol.params import BaseConfig, load_params, section
 from alol.policy import load_frozen, table_examples
 from alol.reference import reference_pass
-from alol.value import ValueHead, predict
+from alol.value import ValueHead
 
 
 @stage
@@ -35,11 +36,13 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     examples = table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)
-    tic = time.perf_counter()
-    token_logps, states = reference_pass(model, examples, tokenizer.pad_token_id, batch_size)
-    seconds = time.perf_counter() - tic
     head, _ = ValueHead.load(value)
-    table = with_advantages(frame, token_logps, predict(head, states))
+    tic = time.perf_counter()
+    token_logps, values = reference_pass(model, examples, tokenizer.pad_token_id, batch_size, value_head=head)
+    seconds = time.perf_counter() - tic
+    table = with_advantages(frame, token_logps, np.asarray(values))
+    if not is_main_process():
+        return
     advantage = table["advantage"].to_numpy()
     counts, edges = np.histogram(advantage, bins=20)
     write_parquet(table, out / "train.parquet")

@@ -9,6 +9,7 @@ import typer
 
 from alol.annotate import STATE_FILE, annotate_splits, load_reward
 from alol.cli import stage
+from alol.device import is_main_process
 from alol.data.chitchat import SPLITS
 from alol.io import read_parquet, write_json, write_parquet
 from alol.params import load_params
@@ -24,6 +25,8 @@ def main(clean: Path = typer.Argument(..., help="Folder with the clean {train,va
     sources = {name: str(clean / f"{name}.parquet") for name in SPLITS}
     splits = {name: read_parquet(path, ["prompt_id", "prompt", "completion", "context"]) for name, path in sources.items()}
     tables, state, stats = annotate_splits(splits, reward, sources)
+    if not is_main_process():
+        return
     # everything is computed before anything is written: a failure leaves no partial output
     for name, frame in tables.items():
         write_parquet(frame, out / f"{name}.parquet")

@@ -12,13 +12,14 @@ import typer
 
 from alol.annotate import load_reward, reward_inputs
 from alol.cli import stage
+from alol.device import is_main_process
 from alol.generate import generate
 from alol.io import atomic_path, read_parquet, write_json, write_parquet
 from alol.model import ModelConfig, load_tokenizer
 from alol.params import BaseConfig, load_params, section
 from alol.policy import load_frozen
 from alol.reference import reference_pass
-from alol.sequences import Example
+from alol.sequences import Example, encode_prompts
 from alol.value import ValueConfig, fit_value_head, reward_range
 
 
@@ -46,9 +47,10 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     scores = reward(reward_inputs(frame, "validation", completions=replies), source="reference generations",
                     row_ids=frame["prompt_id"].to_list())
     generations = generations.with_columns(*(pl.Series(k, v) for k, v in scores.items()))
-    prompts = tokenizer(frame["prompt"].to_list(), add_special_tokens=False)["input_ids"]
-    examples = [Example(ids[-base.max_prompt_tokens:], []) for ids in prompts]
+    examples = [Example(ids, []) for ids in encode_prompts(tokenizer, frame["prompt"].to_list(), base.max_prompt_tokens)]
     _, states = reference_pass(model, examples, tokenizer.pad_token_id)
+    if not is_main_process():  # the head is small: fit once, on the main process
+        return
     low, high = reward_range(cfg, p)
     head, quality, curve = fit_value_head(states, scores["reward"], cfg, low, high, base.seed)
     with atomic_path(out) as tmp:

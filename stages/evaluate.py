@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from alol.cli import stage
+from alol.device import is_main_process
 from alol.evaluate import EvaluateConfig, evaluate_policy
 from alol.io import read_parquet, write_json, write_parquet
 from alol.params import BaseConfig, load_params, section
@@ -31,6 +32,8 @@ def main(policy: Path = typer.Argument(..., help="The policy folder (model or ad
     test = read_parquet(annotated / "test.parquet", ["prompt_id", "prompt", "context", "completion", "reward"])
     baseline_frame = read_parquet(baseline, ["prompt_id", "completion", "reward"]) if baseline is not None else None
     generations, metrics = evaluate_policy(p, base, cfg, policy, test, annotated, assets, reference, baseline_frame)
+    if not is_main_process():
+        return
     write_parquet(generations, results / "generations.parquet")
     write_json(metrics, results / "metrics.json")
     reward_distribution_plots(generations, test, baseline_frame, results)

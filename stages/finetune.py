@@ -3,16 +3,16 @@
 The frozen reference is never loaded: its log-probs and the value are Parquet columns.
 
     python stages/finetune.py data/advantages data/plans.parquet models/reference models/policy results/finetune
-    accelerate launch --num_processes 2 stages/finetune.py ...     # DDP / ZeRO / FSDP, same code
+    accelerate launch --num_processes 2 stages/finetune.py ...     # DDP on 2 GPUs, same arguments
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import typer
 
 from alol.cli import LiveLog, stage
+from alol.device import is_main_process
 from alol.errors import AlolError
 from alol.annotate import load_reward
 from alol.finetune import (FinetuneConfig, check_algorithm, make_validator, offline_loss_fn, offline_rows,
@@ -24,7 +24,7 @@ from alol.pairs import PAIR_COLUMNS
 from alol.model import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
 from alol.params import BaseConfig, load_params, section
 from alol.policy import load_trainable
-from alol.train import summarize, train
+from alol.train import Checkpoint, folder_digest, run_fingerprint, summarize, train
 
 
 @stage
@@ -63,8 +63,11 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
         loss_fn = offline_loss_fn(algorithm, cfg)
     plan = select_plan(read_parquet(plans, ["strategy", "step", "row"]), strategy)
     torch.manual_seed(base.seed)
-    model = load_trainable(reference, section(p, "model", ModelConfig))
-    resume = checkpoint_dir is not None and (checkpoint_dir / "step.json").exists()
+    model_cfg = section(p, "model", ModelConfig)
+    model = load_trainable(reference, model_cfg)
+    checkpoint = Checkpoint(checkpoint_dir, run_fingerprint(
+        {"algorithm": algorithm, "finetune": cfg, "model": model_cfg, "reference": folder_digest(reference)},
+        cfg.train, plan, rows, extras))
     validate = None
     if cfg.train.eval_every:
         if annotated is None or assets is None:
@@ -73,17 +76,15 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
         validate = make_validator(load_reward(p, assets, annotated), tokenizer,
                                   read_parquet(annotated / "validation.parquet", ["prompt_id", "prompt", "context"]),
                                   cfg, base.max_prompt_tokens, base.seed)
-    live = LiveLog(results / "live", resume=resume)
-    model = train(model, rows, extras, plan, loss_fn, cfg.train,
-                  tokenizer.pad_token_id, checkpoint_dir, live, validate)
-    live.close()
-    with atomic_path(out) as tmp:
-        save_policy(model, tokenizer, tmp)
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    write_json({"algorithm": algorithm, "sampling_strategy": strategy, **summarize(live.history)},
-               results / "metrics.json")
-
+    live = LiveLog(results / "live", resume=checkpoint.resumable) if is_main_process() else None
+    model = train(model, rows, extras, plan, loss_fn, cfg.train, tokenizer.pad_token_id, checkpoint, live, validate)
+    if is_main_process():
+        live.close()
+        with atomic_path(out) as tmp:
+            save_policy(model, tokenizer, tmp)
+        checkpoint.remove()
+        write_json({"algorithm": algorithm, "sampling_strategy": strategy, **summarize(live.history)},
+                   results / "metrics.json")
 
 if __name__ == "__main__":
     typer.run(main)

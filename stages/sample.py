@@ -12,6 +12,7 @@ import typer
 
 from alol.annotate import load_reward, reward_inputs
 from alol.cli import stage
+from alol.device import is_main_process
 from alol.generate import generate
 from alol.io import read_parquet, write_json, write_parquet
 from alol.model import ModelConfig, load_tokenizer
@@ -52,6 +53,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         token_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
         logps[name] = [float(np.sum(t)) for t in token_logps]
     pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"])
+    if not is_main_process():
+        return
     write_parquet(pairs, out)
     stats = {"pairs": pairs.height, "data_reply_chosen": float((frame["reward"].to_numpy() >= generated_reward).mean()),
              "generated_reward_mean": float(np.mean(generated_reward)), "margin_mean":

@@ -9,13 +9,14 @@ from pathlib import Path
 import typer
 
 from alol.cli import LiveLog, stage
+from alol.device import is_main_process
 from alol.finetune import offline_loss_fn, FinetuneConfig
 from alol.io import atomic_path, read_parquet, write_json
 from alol.model import ModelConfig, load_policy, load_tokenizer, save_policy
 from alol.params import BaseConfig, load_params, section
 from alol.plan import uniform_plan
 from alol.policy import ReferenceConfig, table_examples
-from alol.train import summarize, train
+from alol.train import Checkpoint, folder_digest, run_fingerprint, summarize, train
 
 
 @stage
@@ -34,6 +35,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         from alol.model import hub_adapter
 
         source = Path(cfg.source) if Path(cfg.source).is_dir() else hub_adapter(cfg.source)
+        if not is_main_process():
+            return
         with atomic_path(out) as tmp:
             if source is not None:  # a folder or a hub adapter: copied as is (an adapter stays an adapter)
                 shutil.copytree(source, tmp)
@@ -48,17 +51,19 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     tokenizer = load_tokenizer(assets / "policy")
     frame = read_parquet(annotated / "train.parquet", ["prompt", "completion"])
     rows = [[e] for e in table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)]
+    plan = uniform_plan(len(rows), cfg.steps, cfg.train.batch_size, base.seed)
     model = load_policy(assets / "policy", model_cfg)
-    live = LiveLog(results / "live")
-    model = train(model, rows, {}, uniform_plan(len(rows), cfg.steps, cfg.train.batch_size, base.seed),
-                  offline_loss_fn("nll", FinetuneConfig()), cfg.train, tokenizer.pad_token_id, checkpoint_dir, live)
-    live.close()
-    with atomic_path(out) as tmp:
-        save_policy(model, tokenizer, tmp)
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    write_json(summarize(live.history), results / "metrics.json")
-
+    checkpoint = Checkpoint(checkpoint_dir, run_fingerprint(
+        {"algorithm": "nll", "model": model_cfg, "base_policy": folder_digest(assets / "policy")}, cfg.train, plan, rows, {}))
+    live = LiveLog(results / "live", resume=checkpoint.resumable) if is_main_process() else None
+    model = train(model, rows, {}, plan, offline_loss_fn("nll", FinetuneConfig()), cfg.train, tokenizer.pad_token_id,
+                  checkpoint, live)
+    if is_main_process():
+        live.close()
+        with atomic_path(out) as tmp:
+            save_policy(model, tokenizer, tmp)
+        checkpoint.remove()
+        write_json(summarize(live.history), results / "metrics.json")
 
 if __name__ == "__main__":
     typer.run(main)

@@ -48,10 +48,21 @@ def tiny_tokenizer():
     return build_tokenizer()
 
 
-def run_stage(script: str, *args, cwd: Path = REPO, check: bool = False) -> subprocess.CompletedProcess:
-    """Run a stage command the way DVC does (a subprocess), returning its exit code and output."""
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def run_stage(script: str, *args, cwd: Path = REPO, check: bool = False, processes: int = 0,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a stage command the way DVC does (a subprocess), returning its exit code and output.
+
+    processes=N runs it as N real processes on the CPU (torchrun, gloo; `accelerate launch --cpu`
+    would start one), and the stage itself asserts that N ran (ALOL_EXPECT_PROCESSES). Runs
+    compared with such a run use processes=1: one thread per process in both."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    command = [sys.executable, str(REPO / "stages" / script)]
+    if processes:
+        env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", ALOL_EXPECT_PROCESSES=str(processes))
+        if processes > 1:
+            command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    proc = subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

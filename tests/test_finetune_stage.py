@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import polars as pl
@@ -20,7 +16,7 @@ from alol.advantages import PlanConfig, make_plans, with_advantages
 from alol.model import ModelConfig, load_policy, tokenizer_fingerprint
 from alol.reference import reference_pass
 from alol.sequences import encode
-from conftest import REPO, build_tiny_llama, run_stage
+from conftest import build_tiny_llama, run_stage
 
 PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
            "how are you", "you are", "i like hiking", "what"]
@@ -33,6 +29,7 @@ def write_params(root, **finetune):
               "finetune": {"ppo_clip": 0.2, "kl_beta": 0.1,
                            "train": {"learning_rate": 1.0e-3, "batch_size": 4, "micro_batch_size": 2,
                                      "checkpoint_every": 1, "weight_decay": 0.0}}}
+    finetune.setdefault("train", params["finetune"]["train"])
     params["finetune"].update(finetune)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -98,40 +95,61 @@ def test_tokenizer_mismatch_is_an_error(workdir):
     assert proc.returncode == 1 and "differs from the one" in proc.stderr
 
 
+def kill_at(step):
+    return {"ALOL_KILL_AFTER_CHECKPOINT": str(step)}
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(workdir):
     run_stage("finetune.py", *finetune_args(workdir, "straight"), cwd=workdir, check=True)
-    checkpoint = workdir / "ckpt"
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "finetune.py"),
-                             *map(str, finetune_args(workdir, "resumed", "ckpt"))], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # kill once step 2 is checkpointed
-        step = checkpoint / "step.json"
-        if step.exists() and json.loads(step.read_text())["step"] >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed = run_stage("finetune.py", *finetune_args(workdir, "resumed", "ckpt"), cwd=workdir, env=kill_at(2))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((workdir / "ckpt" / "step.json").read_text())["step"] == 2
     assert not (workdir / "resumed").exists()
     again = run_stage("finetune.py", *finetune_args(workdir, "resumed", "ckpt"), cwd=workdir, check=True)
     assert "resumed from" in again.stdout + again.stderr
     straight, resumed = weights(workdir / "straight"), weights(workdir / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert not checkpoint.exists()  # removed after a successful run
+    assert not (workdir / "ckpt").exists()  # removed after a successful run
+    steps = [(workdir / f"results-{out}" / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+             for out in ("straight", "resumed")]
+    assert steps[0] == steps[1]  # the curve goes on where it stopped: every step once
+
+
+def test_a_checkpoint_of_another_run_is_discarded_not_resumed(workdir):
+    """A killed a_lol run must not be resumed by the next `dvc exp run -S algorithm=nll`."""
+    killed = run_stage("finetune.py", *finetune_args(workdir, "a_lol", "ckpt"), cwd=workdir, env=kill_at(2))
+    assert killed.returncode == -signal.SIGKILL
+    write_params(workdir, algorithm="nll")
+    nll = run_stage("finetune.py", *finetune_args(workdir, "nll", "ckpt"), cwd=workdir, check=True)
+    assert "discarding the checkpoint" in " ".join(nll.stderr.split() + nll.stdout.split())
+    assert "resumed from" not in nll.stdout + nll.stderr
+    run_stage("finetune.py", *finetune_args(workdir, "nll-straight"), cwd=workdir, check=True)
+    straight, resumed = weights(workdir / "nll-straight"), weights(workdir / "nll")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_two_processes_match_one_with_doubled_accumulation(workdir):
-    # batch_size 4 = micro 2 x accumulation 2 (1 process) = micro 2 x 1 x 2 processes
-    run_stage("finetune.py", *finetune_args(workdir, "one"), cwd=workdir, check=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           str(REPO / "stages" / "finetune.py"), *map(str, finetune_args(workdir, "two"))],
-                          cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = weights(workdir / "one"), weights(workdir / "two")
-    # same rows, same update; only the order of floating-point sums differs (all-reduce)
-    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    """batch_size 4 = micro 1 x accumulation 4 (1 process) = micro 1 x accumulation 2 x 2 processes,
+    under a linear schedule: same weights, same learning rate at every step, one set of outputs."""
+    write_params(workdir, algorithm="a_lol", train={"learning_rate": 1.0e-3, "batch_size": 4, "micro_batch_size": 1,
+                                                    "weight_decay": 0.0, "lr_schedule": "linear"})
+    one = run_stage("finetune.py", *finetune_args(workdir, "one"), cwd=workdir, check=True, processes=1)
+    two = run_stage("finetune.py", *finetune_args(workdir, "two"), cwd=workdir, check=True, processes=2)
+    assert "on 2 processes" in " ".join(two.stderr.split()) and "on 2 processes" not in one.stderr
+    first, second = weights(workdir / "one"), weights(workdir / "two")
+    assert max((first[k] - second[k]).abs().max().item() for k in first) < 1e-6
+
+    def curve(out, name):
+        rows = (workdir / f"results-{out}" / "live" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+        return [[float(x) for x in row.split("\t")] for row in rows[1:]]
+
+    lr_one, lr_two = curve("one", "learning_rate"), curve("two", "learning_rate")
+    assert [step for step, _ in lr_two] == [1, 2, 3, 4]  # one writer: no row twice (good_priority: 6 x 0.75 steps)
+    assert lr_one == lr_two and lr_one[0][1] > lr_one[-1][1]  # the same, and not constant
+    loss_one, loss_two = np.array(curve("one", "loss")), np.array(curve("two", "loss"))
+    np.testing.assert_allclose(loss_one, loss_two, rtol=1e-5)  # logged: the mean over all 4 rows, not one share
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".")) == []  # no stray temporaries
+    assert json.loads((workdir / "results-two" / "metrics.json").read_text())["steps"] == 4
 
 
 def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):

@@ -198,3 +198,41 @@ def test_validation_that_never_beats_the_start_returns_the_start(tiny):
     scores = iter([5.0, 1.0, 2.0])
     model, _ = run(path, tok, "nll", steps=2, validate=lambda m: next(scores), eval_every=1)
     assert all(torch.equal(v, start[n]) for n, v in trainable(model).items())
+
+
+class Crash(Exception):
+    pass
+
+
+def test_best_weights_and_score_survive_a_resume(tiny, tmp_path):
+    """Killed after the step-2 checkpoint, the resumed run still knows that step 1 scored best."""
+    from alol.train import Checkpoint
+
+    path, tok = tiny
+
+    def run_scored(scores, folder):
+        snapshots = []
+
+        def validate(model):
+            snapshots.append(trainable(model))
+            score = scores.pop(0)
+            if score is None:
+                raise Crash
+            return score
+
+        torch.manual_seed(0)
+        model = load_policy(path, ModelConfig(mode="full"))
+        exs = examples(tok)
+        result = train(model, [[e] for e in exs], {}, uniform_plan(len(exs), 5, 4, seed=0),
+                       offline_loss_fn("nll", FinetuneConfig()),
+                       TrainConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=4, weight_decay=0.0,
+                                   eval_every=1, checkpoint_every=1), tok.pad_token_id,
+                       checkpoint=Checkpoint(folder, "run-1"), validate=validate)
+        return trainable(result), snapshots
+
+    straight, snapshots = run_scored([0.0, 3.0, 1.0, 1.0, 2.0, 0.5], tmp_path / "a")
+    with pytest.raises(Crash):  # validation of step 3 crashes: the last checkpoint is step 2's
+        run_scored([0.0, 3.0, 1.0, None], tmp_path / "b")
+    resumed, _ = run_scored([1.0, 2.0, 0.5], tmp_path / "b")  # steps 3, 4, 5
+    assert all(torch.equal(v, snapshots[1][n]) for n, v in straight.items())  # step 1's weights
+    assert all(torch.equal(v, straight[n]) for n, v in resumed.items())

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from alol.errors import AlolError
+from alol.shard import map_blocks
 from alol.rewards.components import (Component, DialogueRewardModel, Diversity, HFClassifier, Positivity,
                                      PythonFunction, Relevance, RewardInputs, Safety)
 
+BLOCK_ROWS = 256  # rows per scoring call of every component (the unit dealt to processes)
 BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "reward_model", "hf_classifier", "python")
 
 
@@ -46,26 +48,29 @@ class RewardComponentConfig:
     """python: 'module:function' taking (prompts, completions) and returning one float per row."""
     batch_size: int = 64
     """Rows per forward pass for model-based components."""
+    dtype: str = "auto"
+    """Model-based components: float32, bfloat16 or float16; auto: bf16 on a GPU for reward_model and
+    hf_classifier, float32 for the small built-ins and on the CPU (alol/device.py says why)."""
 
 
 def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: str) -> Component:
     kind = cfg.type or name
     if kind == "safety":
-        return Safety(assets, batch_size=max(cfg.batch_size, 256))
+        return Safety(assets, batch_size=max(cfg.batch_size, 256), dtype=cfg.dtype)
     if kind == "positivity":
         return Positivity()
     if kind == "relevance":
-        return Relevance(assets, batch_size=cfg.batch_size)
+        return Relevance(assets, batch_size=cfg.batch_size, dtype=cfg.dtype)
     if kind == "diversity":
         return Diversity()
     if kind == "reward_model":
         return DialogueRewardModel(cfg.model, cfg.test_model, cfg.max_tokens, cfg.use_stored_logits, where,
-                                   min(cfg.batch_size, 8))
+                                   min(cfg.batch_size, 8), cfg.dtype)
     if kind == "hf_classifier":
         if not cfg.model:
             raise AlolError(f"{where}.model: hf_classifier needs a model (hub id or folder).")
         return HFClassifier(cfg.model, cfg.label, cfg.text_pair, where, cfg.batch_size,
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     if kind == "python":
         return PythonFunction(cfg.function, where)
     hint = "" if cfg.type else f" (no `type:` given, so the name {name!r} was taken as the type)"
@@ -102,18 +107,29 @@ class RewardFunction:
             if isinstance(component, Diversity):
                 component.load_state(state.get(name))
 
-    def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Score `rows`. `source` and `row_ids` only serve error messages (file and row)."""
+    def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None,
+                 description: str | None = "scoring") -> dict[str, np.ndarray]:
+        """Score `rows`. `source` and `row_ids` only serve error messages (file and row).
+
+        Rows are scored in blocks of BLOCK_ROWS in their given order, the blocks dealt to processes
+        (alol.shard): every process must call this with the same rows, and gets every score back."""
+
+        def block(number: int, idx: list[int]) -> list[list[float]]:
+            part = rows.subset(idx)
+            scores = [np.asarray(c.score(part), dtype=np.float64) for c in self.components.values()]
+            return np.stack(scores, axis=1).tolist()
+
+        values = np.asarray(map_blocks(block, range(len(rows)), BLOCK_ROWS, description), dtype=np.float64)
+        values = values.reshape(len(rows), len(self.components))
         out = {}
-        for name, component in self.components.items():
-            values = np.asarray(component.score(rows), dtype=np.float64) if len(rows) else np.zeros(0)
-            bad = np.flatnonzero(~np.isfinite(values))
+        for column, name in enumerate(self.components):
+            bad = np.flatnonzero(~np.isfinite(values[:, column]))
             if bad.size:
                 row = int(bad[0])
                 rid = f" (prompt_id {row_ids[row]!r})" if row_ids else ""
-                raise AlolError(f"{self.where}.{name}: returned {values[row]} for row {row}{rid} of {source or 'the input'}; "
-                                f"every reward must be a finite number ({bad.size} bad row(s)).")
-            out[f"reward_{name}"] = values
+                raise AlolError(f"{self.where}.{name}: returned {values[row, column]} for row {row}{rid} of "
+                                f"{source or 'the input'}; every reward must be a finite number ({bad.size} bad row(s)).")
+            out[f"reward_{name}"] = values[:, column]
         out["reward"] = sum(self.weights[n] * out[f"reward_{n}"] for n in self.components) if out else np.zeros(0)
         return out
 

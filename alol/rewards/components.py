@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alol.device import load_kwargs, place, reward_dtype
 from alol.errors import AlolError
 
 
@@ -41,6 +42,11 @@ class RewardInputs:
     def __len__(self) -> int:
         return len(self.completions)
 
+    def subset(self, rows: list[int]) -> "RewardInputs":
+        pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
+        return RewardInputs(pick(self.prompts), pick(self.completions), pick(self.contexts), pick(self.turns),
+                            pick(self.stored_logits), self.split)
+
 
 class Component:
     """Base class: override `score`; `fit` / `state` / `load_state` only if it learns from train data."""
@@ -59,10 +65,10 @@ class Component:
 
 
 class Safety(Component):
-    def __init__(self, assets: Path, batch_size: int = 256):
+    def __init__(self, assets: Path, batch_size: int = 256, dtype: str = "auto"):
         from alol.rewards.toxicity import LABELS, ToxicityClassifier
 
-        self.classifier = ToxicityClassifier(assets / "toxicity")
+        self.classifier = ToxicityClassifier(assets / "toxicity", reward_dtype(dtype, small=True))
         self.toxic = LABELS.index("toxic")
         self.batch_size = batch_size
 
@@ -83,11 +89,11 @@ class Positivity(Component):
 class SentenceEncoder:
     """Mean-pooled, L2-normalised sentence embeddings (reproduces sentence-transformers' MiniLM)."""
 
-    def __init__(self, folder: str | Path, max_length: int = 256, batch_size: int = 64):
+    def __init__(self, folder: str | Path, max_length: int = 256, batch_size: int = 64, dtype: str = "auto"):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.model = place(AutoModel.from_pretrained(folder).eval(), "sentence encoder", reward_dtype(dtype, small=True))
         self.max_length, self.batch_size = max_length, batch_size
 
     @torch.inference_mode()
@@ -97,17 +103,17 @@ class SentenceEncoder:
         for start in range(0, len(texts), self.batch_size):
             idx = order[start:start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
+                                 max_length=self.max_length, return_tensors="pt").to(self.model.device)
+            hidden = self.model(**enc).last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[torch.as_tensor(idx)] = torch.nn.functional.normalize(pooled, dim=-1)
+            out[torch.as_tensor(idx)] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
         return out
 
 
 class Relevance(Component):
-    def __init__(self, assets: Path, batch_size: int = 64):
-        self.encoder = SentenceEncoder(assets / "minilm", batch_size=batch_size)
+    def __init__(self, assets: Path, batch_size: int = 64, dtype: str = "auto"):
+        self.encoder = SentenceEncoder(assets / "minilm", batch_size=batch_size, dtype=dtype)
 
     def score(self, rows: RewardInputs) -> np.ndarray:
         cos = (self.encoder.encode(rows.contexts) * self.encoder.encode(rows.completions)).sum(-1)
@@ -161,7 +167,7 @@ class HFClassifier(Component):
     """P(label) of a sequence classifier on the completion (optionally paired with context or prompt)."""
 
     def __init__(self, model: str, label: str | int | None, text_pair: str | None, where: str,
-                 batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False):
+                 batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if text_pair not in (None, "context", "prompt"):
@@ -169,9 +175,10 @@ class HFClassifier(Component):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                model, trust_remote_code=trust_remote_code).eval()
+                model, trust_remote_code=trust_remote_code, **load_kwargs(reward_dtype(dtype))).eval()
         except (OSError, ValueError) as err:
             raise AlolError(f"{where}.model: could not load {model!r} as a sequence classifier: {err}") from None
+        self.model = place(self.model, f"classifier {model}")
         labels = self.model.config.id2label
         if self.model.config.num_labels == 1:
             self.label = None  # one logit: P = sigmoid(logit)
@@ -192,10 +199,10 @@ class HFClassifier(Component):
             if pairs is not None:  # (context, completion): the classifier judges the reply given what it answers
                 texts.insert(0, pairs[i:i + self.batch_size])
             enc = self.tokenizer(*texts, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+                                 return_tensors="pt").to(self.model.device)
             logits = self.model(**enc).logits.float()
             probs = torch.sigmoid(logits[:, 0]) if self.label is None else logits.softmax(-1)[:, self.label]
-            out.append(probs)
+            out.append(probs.cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -231,11 +238,12 @@ class DialogueRewardModel(Component):
     the data's own stored logits are used where present (PRO's files carry them)."""
 
     def __init__(self, model: str, test_model: str | None, max_tokens: int, use_stored_logits: bool, where: str,
-                 batch_size: int = 8):
+                 batch_size: int = 8, dtype: str = "auto"):
         if not model:
             raise AlolError(f"{where}.model: reward_model needs a model (hub id or folder).")
         self.sources = {"default": model, "test": test_model or model}
         self.max_tokens, self.use_stored, self.where, self.batch_size = max_tokens, use_stored_logits, where, batch_size
+        self.dtype = reward_dtype(dtype)
         self.models: dict = {}
 
     def _model(self, split: str | None):
@@ -243,7 +251,7 @@ class DialogueRewardModel(Component):
 
         source = self.sources["test" if split == "test" else "default"]
         if source not in self.models:
-            self.models[source] = RewardModel(source, self.max_tokens)
+            self.models[source] = RewardModel(source, self.max_tokens, self.dtype)
         return self.models[source]
 
     def score(self, rows: RewardInputs) -> np.ndarray:

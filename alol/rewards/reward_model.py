@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alol.device import place
 from alol.errors import AlolError
 
 
@@ -72,7 +73,7 @@ class RewardModel(torch.nn.Module):
         if missing:
             raise AlolError(f"{source}: backbone weights missing: {missing[:5]}")
         self.head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(head_key + ".")})
-        self.to(dtype).eval().requires_grad_(False)
+        place(self.eval().requires_grad_(False), f"reward model {source}", dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.truncation_side = "left"  # keep the end: the reply being scored
         self.max_tokens = max_tokens
@@ -95,7 +96,9 @@ class RewardModel(torch.nn.Module):
             for row, x in enumerate(ids):  # right padding: the last real token is at len - 1
                 input_ids[row, :len(x)] = torch.tensor(x)
                 mask[row, :len(x)] = 1
+            device = self.head.weight.device
+            input_ids, mask = input_ids.to(device), mask.to(device)
             hidden = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
             last = hidden[torch.arange(len(ids)), mask.sum(1) - 1]
-            out[idx] = self.head(last).squeeze(-1).float().numpy()
+            out[idx] = self.head(last).squeeze(-1).float().cpu().numpy()
         return out

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from alol.device import place
+
 LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 MAXLEN = 100
 
@@ -83,17 +85,19 @@ class KerasTextTokenizer:
 class ToxicityClassifier:
     """P(label) for each text, from the converted assets folder."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.float32):
         from safetensors.torch import load_file
 
         folder = Path(folder)
         self.tokenizer = KerasTextTokenizer(**json.loads((folder / "tokenizer.json").read_text()))
         self.model = JigsawBiLSTM()
         self.model.load_state_dict(load_file(folder / "model.safetensors"))
-        self.model.eval()
+        self.model = place(self.model.eval(), "toxicity classifier", dtype)
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """(len(texts), 6) probabilities in LABELS order."""
-        out = [self.model(self.tokenizer.pad(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
+        device = next(self.model.parameters()).device
+        out = [self.model(self.tokenizer.pad(texts[i:i + batch_size]).to(device)).float().cpu()
+               for i in range(0, len(texts), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), dtype=np.float32)
