@@ -42,7 +42,12 @@ def stage(fn: Callable) -> Callable:
             sys.exit(1)
         if proc.is_main_process:
             processes = f" on {proc.num_processes} processes" if proc.num_processes > 1 else ""
-            console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s{processes}")
+            memory = ""
+            if proc.device.type == "cuda":
+                import torch
+
+                memory = f", peak GPU memory {torch.cuda.max_memory_allocated(proc.device) / 2**20:.0f} MiB"
+            console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s{processes}{memory}")
         proc.destroy_process_group()
         return result
 

@@ -32,8 +32,10 @@ import torch
 from alol.errors import AlolError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# The distributed types training supports; the others are refused with a message (see `check_training_setup`).
+# The distributed types training supports (data parallel: DDP); the others are refused by `check_data_parallel`.
 DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU")
+SHARDED = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP",
+           "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 def state():
@@ -106,3 +108,17 @@ def check_processes() -> None:
         raise AlolError(f"running as {state().num_processes} process(es) but ALOL_EXPECT_PROCESSES={expected}; "
                         "launch with `torchrun --nproc_per_node N` or `accelerate launch --num_processes N` "
                         "(with ACCELERATE_USE_CPU=true on a CPU machine).")
+
+
+def check_data_parallel(distributed_type: str | None = None) -> None:
+    """Training is data parallel (DDP, any number of GPUs and nodes). Sharded training (DeepSpeed
+    ZeRO, FSDP) is refused before anything loads: periodic validation and the best-weights copy read
+    the whole model, and no test covers it (`accelerate launch` sets these flags from its config)."""
+    from accelerate.utils import parse_flag_from_env
+
+    sharded = [name for flag, name in SHARDED.items() if parse_flag_from_env(flag)]
+    if sharded or (distributed_type is not None and distributed_type not in DATA_PARALLEL):
+        found = sharded[0] if sharded else distributed_type
+        raise AlolError(f"accelerate config: {found} is not supported; alol trains data-parallel (DDP: one or many "
+                        "GPUs, one or many nodes). Run `accelerate config` again and choose multi-GPU without "
+                        "DeepSpeed or FSDP (LoRA/QLoRA keeps a 7B policy within one GPU's memory).")

@@ -208,22 +208,19 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
     `log` is called on the main process only. Returns the unwrapped model."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
-    from alol.device import DATA_PARALLEL, state
+    from alol.device import check_data_parallel, state
 
     steps, batch_size = plan.shape
     if batch_size != cfg.batch_size:
         raise AlolError(f"the plan has {batch_size} rows per step but batch_size is {cfg.batch_size}; "
                         "rerun the stage that makes the plan (dvc repro).")
+    check_data_parallel()
     accumulation = grad_accumulation(cfg, state().num_processes)
     # split_batches: a plan step is the global batch, so the schedule advances once per optimizer step
     # whatever the number of processes; accumulation is Accelerate's (no_sync, loss scaling, when to step)
     accelerator = Accelerator(gradient_accumulation_steps=accumulation,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if accelerator.distributed_type not in DATA_PARALLEL:
-        raise AlolError(f"accelerate config: distributed_type {accelerator.distributed_type} is not supported; alol "
-                        "trains with data parallelism (DDP: one or many GPUs, one or many nodes). DeepSpeed ZeRO and "
-                        "FSDP shard the weights that validation and the best-weights copy read whole: use "
-                        "`distributed_type: MULTI_GPU` (LoRA/QLoRA keeps a 7B model in one GPU's memory).")
+    check_data_parallel(accelerator.distributed_type)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]

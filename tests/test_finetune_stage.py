@@ -89,6 +89,13 @@ def test_no_positive_advantage_says_what_to_check(workdir):
     assert "no row has a positive advantage: check the value fit" in " ".join(proc.stderr.split())
 
 
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_sharded_training_is_refused_with_the_fix(workdir, flag):
+    proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir, env={flag: "true"})
+    assert proc.returncode == 1 and "is not supported; alol trains data-parallel (DDP" in " ".join(proc.stderr.split())
+    assert not (workdir / "policy").exists()
+
+
 def test_tokenizer_mismatch_is_an_error(workdir):
     (workdir / "adv" / "meta.json").write_text(json.dumps({"tokenizer": "something-else"}))
     proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
