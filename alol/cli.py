@@ -51,6 +51,9 @@ def stage(fn: Callable) -> Callable:
         proc.destroy_process_group()
         return result
 
+    if not fn.__doc__:  # `--help` shows the stage module's first paragraph
+        module_doc = sys.modules[fn.__module__].__doc__ or ""
+        wrapper.__doc__ = " ".join(module_doc.strip().split("\n\n")[0].split())
     return wrapper
 
 

@@ -117,8 +117,20 @@ def policy_paths(path: str | Path) -> tuple[Path, Path | None]:
         base = json.loads(config.read_text()).get("base_model_name_or_path")
         if not base:
             raise AlolError(f"{config}: base_model_name_or_path is empty; set it to the base model's hub id or folder.")
-        return Path(base), path
+        return resolve_base(Path(base), path), path
     return path, None
+
+
+def resolve_base(base: Path, adapter: Path) -> Path:
+    """An adapter's base as recorded (a hub id, or a folder relative to the repository it was trained
+    in, like data/assets/policy): found from the current folder, else from the adapter's enclosing
+    folders, so that models/policy loads from anywhere, not only from the repository root."""
+    if base.is_absolute() or base.exists():
+        return base
+    for folder in adapter.resolve().parents:
+        if (folder / base).is_dir():
+            return folder / base
+    return base  # a hub id
 
 
 def hub_adapter(source: str) -> Path | None:

@@ -127,3 +127,15 @@ def test_hf_classifier_on_a_tiny_random_model(tmp_path, tiny_tokenizer):
     np.testing.assert_allclose(good + bad, [1.0, 1.0], atol=1e-6)  # P(good) + P(bad) = 1
     with pytest.raises(AlolError, match=r"rewards\.judge\.label: 'neutral' is not a label.*bad.*good"):
         RewardFunction({"judge": RewardComponentConfig(**{**cfg.__dict__, "label": "neutral"})}, tmp_path)
+
+
+def test_hf_classifier_without_a_trained_head_says_the_reward_is_random(tmp_path, tiny_tokenizer, capsys):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, pad_token_id=tiny_tokenizer.pad_token_id)).save_pretrained(tmp_path / "base")
+    tiny_tokenizer.save_pretrained(tmp_path / "base")
+    RewardFunction({"judge": RewardComponentConfig(type="hf_classifier", model=str(tmp_path / "base"), label=1)},
+                   tmp_path)
+    message = " ".join(capsys.readouterr().err.split())
+    assert "newly initialised at random, so this reward is random" in message and "classifier" in message

@@ -236,3 +236,26 @@ def test_best_weights_and_score_survive_a_resume(tiny, tmp_path):
     resumed, _ = run_scored([1.0, 2.0, 0.5], tmp_path / "b")  # steps 3, 4, 5
     assert all(torch.equal(v, snapshots[1][n]) for n, v in straight.items())  # step 1's weights
     assert all(torch.equal(v, straight[n]) for n, v in resumed.items())
+
+
+def test_a_saved_adapter_loads_from_outside_its_repository(tmp_path, tiny_tokenizer, monkeypatch):
+    """models/policy records its base as data/assets/policy (relative to the repository): it must load
+    from any folder, as peft loads it from the repository root."""
+    from alol.model import load_tokenizer, save_policy
+    from alol.policy import load_frozen
+
+    repo = tmp_path / "repo"
+    build_tiny_llama(repo / "data" / "assets" / "policy", tiny_tokenizer)
+    monkeypatch.chdir(repo)
+    model = load_policy("data/assets/policy", ModelConfig(mode="lora"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.1)
+    save_policy(model, tiny_tokenizer, repo / "models" / "policy")
+    expected = completion_logps(model.eval(), collate(examples(tiny_tokenizer, 2), tiny_tokenizer.pad_token_id))
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    loaded = load_frozen(repo / "models" / "policy", ModelConfig(mode="lora"))
+    assert load_tokenizer(repo / "models" / "policy").eos_token_id == tiny_tokenizer.eos_token_id
+    got = completion_logps(loaded, collate(examples(tiny_tokenizer, 2), tiny_tokenizer.pad_token_id))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -174,10 +174,18 @@ class HFClassifier(Component):
             raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context' or 'prompt'.")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                model, trust_remote_code=trust_remote_code, **load_kwargs(reward_dtype(dtype))).eval()
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                model, trust_remote_code=trust_remote_code, output_loading_info=True,
+                **load_kwargs(reward_dtype(dtype)))
         except (OSError, ValueError) as err:
             raise AlolError(f"{where}.model: could not load {model!r} as a sequence classifier: {err}") from None
+        if info["missing_keys"]:  # e.g. a base model with no classifier head: transformers made one up
+            from alol.cli import console
+
+            console.print(f"[bold yellow]warning[/] {where}.model: {model} has no weights for "
+                          f"{sorted(info['missing_keys'])[:4]}: they were newly initialised at random, so this "
+                          "reward is random. Use a fine-tuned sequence classifier.", highlight=False)
+        self.model.eval()
         self.model = place(self.model, f"classifier {model}")
         labels = self.model.config.id2label
         if self.model.config.num_labels == 1:
