@@ -35,7 +35,8 @@ class RewardComponentConfig:
     max_tokens: int = 1024
     """reward_model: inputs are left-truncated to this many tokens."""
     use_stored_logits: bool = True
-    """reward_model: use the logits stored with the data replies (PRO's files) instead of rescoring them."""
+    """reward_model: use the logits stored with the train split's data replies (PRO's train file, scored
+    by the train/validation model) instead of rescoring them; validation and test are always rescored."""
     label: str | int | None = None
     """hf_classifier: the label whose probability is the reward (name or index)."""
     text_pair: str | None = None
@@ -73,7 +74,8 @@ def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: 
 
 
 class RewardFunction:
-    """reward_<name> per component and `reward` = their weighted sum, with every value checked."""
+    """reward_<name> per component and `reward` = their weighted sum, with every value checked; plus
+    `raw_reward` when a component squashes its score (see `raw_reward`)."""
 
     def __init__(self, configs: dict[str, RewardComponentConfig], assets: str | Path,
                  where: str = "params.yaml: rewards"):
@@ -104,9 +106,10 @@ class RewardFunction:
 
     def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None) -> dict[str, np.ndarray]:
         """Score `rows`. `source` and `row_ids` only serve error messages (file and row)."""
-        out = {}
+        out, raw = {}, {}
         for name, component in self.components.items():
-            values = np.asarray(component.score(rows), dtype=np.float64) if len(rows) else np.zeros(0)
+            raw[name], values = component.raw_and_score(rows) if len(rows) else (None, np.zeros(0))
+            values = np.asarray(values, dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(values))
             if bad.size:
                 row = int(bad[0])
@@ -115,7 +118,19 @@ class RewardFunction:
                                 f"every reward must be a finite number ({bad.size} bad row(s)).")
             out[f"reward_{name}"] = values
         out["reward"] = sum(self.weights[n] * out[f"reward_{n}"] for n in self.components) if out else np.zeros(0)
+        if any(r is not None for r in raw.values()):
+            out["raw_reward"] = sum(self.weights[n] * (out[f"reward_{n}"] if raw[n] is None else np.asarray(raw[n]))
+                                    for n in self.components)
         return out
+
+
+def raw_reward(table) -> np.ndarray:
+    """PRO's reward scale (spec section 2: its temperature is a difference of RAW reward-model
+    scores): the weighted sum of each component's raw score, a reward model's logit rather than
+    its sigmoid. A task whose components squash nothing (the chit-chat default: every built-in is
+    a probability or a score in [0, 1] with no logit beneath) has no `raw_reward`: it is `reward`.
+    `table`: the scores of a RewardFunction call, or a table of its columns."""
+    return np.asarray(table["raw_reward"] if "raw_reward" in table else table["reward"], dtype=np.float64)
 
 
 def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:
