@@ -19,7 +19,8 @@ class PlanConfig:
     """`plan:` how many optimizer steps, and which rows each step trains on."""
 
     steps: int = 20
-    """Optimizer steps of a full run. good_priority / all_priority runs take steps x positive fraction."""
+    """Optimizer steps of a full run. good_priority runs take steps x positive fraction, all_priority
+    steps x (positive fraction summed over the candidates); see advantages.step_scales."""
     seed_offset: int = 0
     """Added to base.seed for the draw (to get another plan with the same data)."""
 
@@ -29,12 +30,14 @@ def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
     0 being the preferred one that good_priority trains on; all_priority may use any."""
     if "candidates" not in frame.columns:
         return frame
-    if "candidate_rewards" not in frame.columns:
-        raise AlolError("train rows have `candidates` but no `candidate_rewards`; rerun annotate.")
+    if "candidate_rewards" not in frame.columns or "candidate_raw_rewards" not in frame.columns:
+        raise AlolError("train rows have `candidates` but no `candidate_rewards` / `candidate_raw_rewards`; "
+                        "rerun annotate.")
     return (frame.with_columns(pl.int_ranges(pl.col("candidates").list.len()).alias("candidate"))
-            .explode("candidates", "candidate_rewards", "candidate")
-            .with_columns(pl.col("candidates").alias("completion"), pl.col("candidate_rewards").alias("reward"))
-            .drop("candidates", "candidate_rewards", "candidate_logits", strict=False))
+            .explode("candidates", "candidate_rewards", "candidate_raw_rewards", "candidate")
+            .with_columns(pl.col("candidates").alias("completion"), pl.col("candidate_rewards").alias("reward"),
+                          pl.col("candidate_raw_rewards").alias("raw_reward"))
+            .drop("candidates", "candidate_rewards", "candidate_raw_rewards", "candidate_logits", strict=False))
 
 
 def with_advantages(frame: pl.DataFrame, token_logps: list[list[float]], values: np.ndarray) -> pl.DataFrame:
@@ -47,29 +50,37 @@ def with_advantages(frame: pl.DataFrame, token_logps: list[list[float]], values:
     ).with_columns((pl.col("reward") - pl.col("value")).alias("advantage"))
 
 
+def step_scales(frame: pl.DataFrame) -> dict[str, float]:
+    """Each strategy's optimizer steps as a fraction of plan.steps (spec section 4): good_priority
+    trains on the preferred replies with A > 0 (x positive fraction p_good); all_priority on every
+    candidate with A > 0, a pool of (p_good + p_bad + ...) x prompts rows (HH: x (p_good + p_bad));
+    the others take the full budget."""
+    positive = frame["advantage"].to_numpy() > 0
+    best = frame["candidate"].to_numpy() == 0 if "candidate" in frame.columns else np.ones(len(frame), bool)
+    return {"good_priority": float(positive[best].mean()), "all_priority": float(positive.sum() / best.sum())}
+
+
 def make_plans(frame: pl.DataFrame, cfg: PlanConfig, batch_size: int, seed: int,
                pairs: int = 0) -> tuple[pl.DataFrame, dict]:
     """Every strategy's plan in one table (column `strategy`), so that changing the algorithm
     never reruns this stage; `pairs` preference pairs get uniform passes. Also the step counts."""
     advantage = frame["advantage"].to_numpy()
     reward = frame["reward"].to_numpy()
-    positive = advantage > 0
     best = frame["candidate"].to_numpy() == 0 if "candidate" in frame.columns else np.ones(len(frame), bool)
-    positive_fraction = float(positive[best].mean())
-    scaled = max(1, int(round(cfg.steps * positive_fraction)))
+    scales = step_scales(frame)
+    scaled = {name: max(1, int(round(cfg.steps * scale))) for name, scale in scales.items()}
     plans = {"uniform": uniform_plan(int(best.sum()), cfg.steps, batch_size, seed)}
     plans["uniform"] = np.flatnonzero(best)[plans["uniform"]]
-    if positive[best].any():  # the paper's setting: only the best candidate, proportional to A+
-        plans["good_priority"] = priority_plan(np.where(best, advantage, 0), scaled, batch_size, seed)
-        plans["all_priority"] = priority_plan(advantage, max(1, int(round(cfg.steps * positive.mean()))),
-                                              batch_size, seed)
+    if scales["good_priority"] > 0:  # the paper's setting: only the best candidate, proportional to A+
+        plans["good_priority"] = priority_plan(np.where(best, advantage, 0), scaled["good_priority"], batch_size, seed)
+        plans["all_priority"] = priority_plan(advantage, scaled["all_priority"], batch_size, seed)
     if pairs:
         plans["pairs"] = uniform_plan(pairs, cfg.steps, batch_size, seed)
     if (reward[best] > 0).any():
         plans["reward_priority"] = priority_plan(np.where(best, reward, 0), cfg.steps, batch_size, seed)
     table = pl.concat([plan_frame(p).with_columns(pl.lit(name).alias("strategy")) for name, p in plans.items()])
     steps = {name: int(p.shape[0]) for name, p in plans.items()}
-    return table, {"positive_fraction": positive_fraction, "steps": steps}
+    return table, {"positive_fraction": scales["good_priority"], "steps": steps}
 
 
 def select_plan(plans: pl.DataFrame, strategy: str) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from alol.errors import AlolError
-from alol.rewards import RewardFunction, reward_configs
+from alol.rewards import RewardFunction, raw_reward, reward_configs
 from alol.rewards.components import RewardInputs
 
 STATE_FILE = "reward_state.json"
@@ -53,13 +53,16 @@ def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
         scores = reward(reward_inputs(frame, name, logits), source=sources[name], row_ids=ids)
         out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
         stats[name] = {col: distribution(values) for col, values in scores.items()}
-        if "candidates" in frame.columns:  # every candidate's total reward (pairs, PRO, all_priority)
+        if "candidates" in frame.columns:  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
             n = frame["candidates"].list.len().min()
-            per = [scores["reward"]] + [
+            per = [scores] + [
                 reward(reward_inputs(frame, name, _stored(frame, k), [c[k] for c in frame["candidates"].to_list()]),
-                       source=f"{sources[name]} (candidate {k})", row_ids=ids)["reward"] for k in range(1, n)]
+                       source=f"{sources[name]} (candidate {k})", row_ids=ids) for k in range(1, n)]
             out[name] = out[name].with_columns(
-                pl.Series("candidate_rewards", np.stack(per, axis=1).tolist(), dtype=pl.List(pl.Float64)))
+                pl.Series("candidate_rewards", np.stack([s["reward"] for s in per], axis=1).tolist(),
+                          dtype=pl.List(pl.Float64)),
+                pl.Series("candidate_raw_rewards", np.stack([raw_reward(s) for s in per], axis=1).tolist(),
+                          dtype=pl.List(pl.Float64)))
     return out, state, stats
 
 

@@ -14,7 +14,9 @@ the same model, in its own child process so that its peak memory is its own (os.
   a_compile  case a with the decoder under torch.compile (on request: --cases a,a_compile)
 
 Tokens are non-padding tokens (prompt + completion) per second, the first `warmup` steps
-excluded. MFU = 6 N tokens/s / measured fp32 matmul FLOP/s (N = parameters; full fine-tuning).
+excluded. MFU = the matmul FLOPs each case really does per second (`step_flops`) / measured fp32
+matmul FLOP/s. Not 6 N tokens/s: alol applies the output head only where completion tokens are
+predicted, TRL at every position, and case c and TRL's DPO add a reference forward.
 """
 
 from __future__ import annotations
@@ -80,6 +82,26 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - tic)
 
 
+def step_flops(case: str, body: int, head: int, prompt_tokens: int, completion_tokens: int) -> float:
+    """Matmul FLOPs of one training step of `case` (2 per multiply-add; backward = 2 x forward).
+
+    body: parameters used as matmul weights at every token (all but the input embedding table and
+    the output head; 6N's N minus those); head: the output head's d x V. The tokens are the step's
+    non-padding prompt (P) and completion (C, EOS included) tokens; a pair row counts its prompt
+    twice (chosen and rejected are two sequences). Left out, as 6N does: the attention-score term.
+      alol (a, a_compile, b, e): 6 body (P + C) + 6 head C: the head only at the C positions that
+          predict a completion token (the reference columns of b and e are precomputed)
+      c: that + a reference forward per batch, 2 body (P + C) + 2 head C
+      TRL (d, f_pre): 6 (body + head)(P + C): logits at every position, as 6N counts
+      f: that + the reference forward at every position, 2 (body + head)(P + C)
+    """
+    tokens = prompt_tokens + completion_tokens
+    if case in ("d", "f", "f_pre"):
+        return (6 + 2 * (case == "f")) * (body + head) * tokens
+    policy = 6 * body * tokens + 6 * head * completion_tokens
+    return policy + (2 * body * tokens + 2 * head * completion_tokens if case == "c" else 0)
+
+
 # ---- the child: one case -------------------------------------------------------------------
 
 def load_rows(cfg: BenchConfig, preference: bool):
@@ -93,7 +115,7 @@ def load_rows(cfg: BenchConfig, preference: bool):
     return frame.head(n)
 
 
-def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
+def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
     import polars as pl
     import torch
 
@@ -146,7 +168,10 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
     train(model, rows, extras, plan, loss_fn,
           TrainConfig(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
                       weight_decay=0.0), tok.pad_token_id, log=lambda step, m: log.append(m))
-    return [(m["step_seconds"], round(m["tokens_per_second"] * m["step_seconds"])) for m in log]
+    counts = [(sum(len(e.prompt_ids) for row in rows[i:i + cfg.batch_size] for e in row),
+               sum(len(e.completion_ids) for row in rows[i:i + cfg.batch_size] for e in row))
+              for i in range(0, len(rows), cfg.batch_size)]
+    return [(m["step_seconds"], p, c) for m, (p, c) in zip(log, counts)]  # (seconds, prompt, completion tokens)
 
 
 class StepTimer:
@@ -179,7 +204,7 @@ def sequential(trainer_cls):
     return Sequential
 
 
-def run_trl(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
+def run_trl(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -209,7 +234,7 @@ def run_trl(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
         data = Dataset.from_dict({"prompt": frame["prompt"].to_list(), "completion": frame["completion"].to_list()})
         trainer = sequential(SFTTrainer)(model=model, args=SFTConfig(**common, completion_only_loss=True),
                                          train_dataset=data, processing_class=tok, callbacks=[timer])
-        row_tokens = [p + c + 1 for p, c in zip(prompt_tokens, count(frame["completion"].to_list()))]
+        row_tokens = [(p, c + 1) for p, c in zip(prompt_tokens, count(frame["completion"].to_list()))]
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -217,11 +242,11 @@ def run_trl(case: str, cfg: BenchConfig) -> list[tuple[float, int]]:
         trainer = sequential(DPOTrainer)(model=model, args=DPOConfig(**common, beta=0.1,
                                                                      precompute_ref_log_probs=case == "f_pre"),
                                          train_dataset=data, processing_class=tok, callbacks=[timer])
-        row_tokens = [2 * p + c + r + 2 for p, c, r in
+        row_tokens = [(2 * p, c + r + 2) for p, c, r in
                       zip(prompt_tokens, count(frame["chosen"].to_list()), count(frame["rejected"].to_list()))]
     trainer.train()
-    per_step = np.add.reduceat(row_tokens, np.arange(0, len(row_tokens), cfg.batch_size))
-    return list(zip(timer.seconds, per_step.tolist()))
+    per_step = np.add.reduceat(np.array(row_tokens), np.arange(0, len(row_tokens), cfg.batch_size))
+    return [(s, int(p), int(c)) for s, (p, c) in zip(timer.seconds, per_step)]
 
 
 def child(case: str, cfg: BenchConfig, out: Path) -> None:
@@ -237,7 +262,7 @@ def child(case: str, cfg: BenchConfig, out: Path) -> None:
 
 # ---- the parent: every case, the table -----------------------------------------------------
 
-def run_case(case: str, cfg: BenchConfig) -> dict:
+def run_case(case: str, cfg: BenchConfig, body: int, head: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "case.json"
         proc = subprocess.Popen([sys.executable, "-m", "alol.bench", "--case", case, "--config",
@@ -248,9 +273,11 @@ def run_case(case: str, cfg: BenchConfig) -> dict:
             return {"case": case, "error": f"exit {proc.returncode}"}
         result = json.loads(out.read_text())
     timed = result["steps"][cfg.warmup:]
-    seconds = sum(s for s, _ in timed)
-    tokens = sum(t for _, t in timed)
+    seconds = sum(s for s, _, _ in timed)
+    tokens = sum(p + c for _, p, c in timed)
+    flops = sum(step_flops(case, body, head, p, c) for _, p, c in timed)
     return {"case": case, "name": CASES[case], "step_seconds": seconds / len(timed), "tokens_per_second": tokens / seconds,
+            "flops_per_second": flops / seconds,
             "peak_rss_mib": usage.ru_maxrss / 1024, **({"peak_gpu_mib": result["peak_gpu_bytes"] / 2 ** 20}
                                                         if "peak_gpu_bytes" in result else {})}
 
@@ -263,7 +290,7 @@ def report(cases: dict[str, dict], peak: float, params: int) -> dict:
 
     for row in cases.values():
         if "error" not in row:
-            row["mfu"] = 6 * params * row["tokens_per_second"] / peak
+            row["mfu"] = row["flops_per_second"] / peak
     best_f = max((c for c in ("f", "f_pre") if "error" not in cases.get(c, {"error": 1})),
                  key=lambda c: cases[c]["tokens_per_second"], default=None)
     targets = {
@@ -305,11 +332,15 @@ def main() -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         with torch.device("meta"):
-            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
+            meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+        params = sum(p.numel() for p in meta.parameters())  # a tied head is counted once
+        embeddings = (meta.get_input_embeddings().weight, meta.get_output_embeddings().weight)  # lookup, head
+        head = embeddings[1].numel()
+        body = sum(p.numel() for p in meta.parameters() if all(p is not e for e in embeddings))
         results = {}
         for name in cases.split(","):
             tic = time.perf_counter()
-            results[name] = run_case(name, cfg)
+            results[name] = run_case(name, cfg, body, head)
             print(f"{name}: {results[name]} ({time.perf_counter() - tic:.0f} s)", flush=True)
         summary = report(results, peak, params)
         summary.update({"machine": f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}"

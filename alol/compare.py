@@ -20,10 +20,10 @@ from pathlib import Path
 
 import polars as pl
 import typer
-import yaml
 
 from alol.errors import AlolError
 from alol.losses import ALGORITHMS
+from alol.params import load_params
 
 COMPONENT_PREFIX = "reward_"
 
@@ -102,7 +102,7 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     from alol.plots import bar_chart
 
     params_text = (root / "params.yaml").read_text()
-    current = yaml.safe_load(params_text).get("algorithm", "a_lol")
+    current = load_params(root / "params.yaml")["algorithm"]  # checked, with the default filled in
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise AlolError(f"unknown algorithm(s) {', '.join(unknown)}; valid: {', '.join(ALGORITHMS)}.")

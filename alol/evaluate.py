@@ -28,7 +28,7 @@ from alol.sequences import encode
 class EvaluateConfig:
     """`evaluate:` how test replies are generated and compared."""
 
-    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """Decoding of the test replies (greedy by default; beams, sampling, repetition penalty, stops)."""
     rows: int = 0
     """Evaluate on the first this many test prompts (0: all)."""

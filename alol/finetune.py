@@ -12,11 +12,6 @@ from alol.generate import GenerationConfig
 from alol.sequences import completion_logps
 from alol.train import TrainConfig
 
-AUTO_STRATEGY = {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority", "r_lol": "reward_priority",
-                 "a_lol": "good_priority", "a_lol_ref_free": "good_priority", "a_lol_seq": "good_priority",
-                 "a_lol_kl": "good_priority"}
-
-
 @dataclasses.dataclass
 class FinetuneConfig:
     """`finetune:` the algorithm's settings (the algorithm itself is the top-level `algorithm`)."""
@@ -32,11 +27,13 @@ class FinetuneConfig:
     """DPO's beta."""
     pro_sft_weight: float = 0.05
     """PRO's weight of the NLL term on the best candidate."""
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=8, micro_batch_size=4))
     """Optimiser, schedule and batching (train.eval_every turns periodic validation on)."""
     validation_rows: int = 64
     """Validation prompts scored at each evaluation (with train.eval_every > 0)."""
-    validation_generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    validation_generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """Decoding of the validation replies."""
 
 
@@ -44,32 +41,38 @@ def check_algorithm(algorithm: str, cfg: FinetuneConfig) -> str:
     """Validate the combination; return the sampling strategy to use."""
     if algorithm not in losses.ALGORITHMS:
         raise AlolError(f"unknown algorithm {algorithm!r}; valid: {', '.join(losses.ALGORITHMS)}.")
+    spec = losses.ALGORITHMS[algorithm]
     if algorithm == "a_lol_kl" and cfg.kl_beta <= 0:
         raise AlolError(f"a_lol_kl needs finetune.kl_beta > 0 (got {cfg.kl_beta}); with 0 it is a_lol_ref_free.")
-    if algorithm in losses.RATIO_BASED and cfg.ppo_clip <= 0:
+    if spec.clipped and cfg.ppo_clip <= 0:
         raise AlolError(f"{algorithm} needs finetune.ppo_clip > 0 (got {cfg.ppo_clip}): with 0 every ratio is "
                         "clamped to exactly 1. Use a_lol_ref_free for a ratio-free run.")
-    if algorithm in losses.PREFERENCE:
-        return "pairs"  # uniform passes over the preference pairs
-    strategy = AUTO_STRATEGY[algorithm] if cfg.sampling_strategy == "auto" else cfg.sampling_strategy
-    from alol.advantages import STRATEGIES
-
-    if strategy not in STRATEGIES:
-        raise AlolError(f"unknown finetune.sampling_strategy {strategy!r}; valid: auto, {', '.join(STRATEGIES)}.")
+    strategy = spec.strategy if cfg.sampling_strategy == "auto" else cfg.sampling_strategy
+    if strategy not in spec.strategies:
+        # a plan drawn for another signal (or the pairs' rows for an offline loss) trains on the wrong rows
+        raise AlolError(f"finetune.sampling_strategy {strategy!r} does not fit {algorithm}; valid: auto "
+                        f"({spec.strategy}), {', '.join(spec.strategies)}.")
     return strategy
+
+
+def validation_interval(eval_every: int, step_scale: float) -> int:
+    """Steps between validations: finetune.train.eval_every scaled like the run's step count (the
+    authors' A-LoL runs: 9000 x positive fraction steps, validation every 900 x positive fraction),
+    so every strategy validates about as often per run. 0 stays 0 (off)."""
+    return max(1, round(eval_every * step_scale)) if eval_every > 0 else 0
 
 
 def offline_loss_fn(algorithm: str, cfg: FinetuneConfig):
     """loss_fn(model, batch) -> (per-example loss, stats) for the training loop."""
-    loss = losses.OFFLINE_LOSSES[algorithm]
+    spec = losses.ALGORITHMS[algorithm]
 
     def loss_fn(model, batch):
         logps = completion_logps(model, batch)
         mask = batch["completion_mask"]
-        per_example = loss(logps=logps, mask=mask, reward=batch.get("reward"), advantage=batch.get("advantage"),
+        per_example = spec.loss(logps=logps, mask=mask, reward=batch.get("reward"), advantage=batch.get("advantage"),
                            ref_logps=batch.get("ref_token_logps"), ppo_clip=cfg.ppo_clip, kl_beta=cfg.kl_beta)
         stats = losses.offline_stats(logps, mask, batch.get("ref_token_logps"), batch.get("advantage"),
-                                     cfg.ppo_clip if algorithm in losses.RATIO_BASED else None)
+                                     cfg.ppo_clip if spec.clipped else None)
         return per_example, stats
 
     return loss_fn
@@ -89,7 +92,7 @@ def preference_loss_fn(algorithm: str, cfg: FinetuneConfig, candidates: int):
             return per_example, {"rewards/margin": margin.mean().item(), "logps/chosen": seq[:, 0].mean().item(),
                                  "logps/rejected": seq[:, 1].mean().item()}
         scores = seq / mask.sum(-1).view(-1, candidates)  # length-normalised
-        rewards = torch.stack([batch[f"reward_{k}"] for k in range(candidates)], dim=1)
+        rewards = torch.stack([batch[f"reward_{k}"] for k in range(candidates)], dim=1)  # raw scores (logits)
         per_example = losses.pro(scores, rewards, -seq[:, 0], sft_weight=cfg.pro_sft_weight)
         return per_example, {"logps/best": seq[:, 0].mean().item()}
 
@@ -102,11 +105,8 @@ def offline_rows(frame, tokenizer, algorithm: str, max_prompt_tokens: int, max_c
 
     examples = encode(tokenizer, frame["prompt"].to_list(), frame["completion"].to_list(), max_prompt_tokens,
                       max_completion_tokens)
-    extras = {"reward": frame["reward"].to_list()}
-    if algorithm in losses.NEEDS_ADVANTAGE:
-        extras["advantage"] = frame["advantage"].to_list()
-    if algorithm in losses.NEEDS_REF:
-        extras["ref_token_logps"] = frame["ref_token_logps"].to_list()
+    extras = {column: frame[column].to_list() for column in losses.ALGORITHMS[algorithm].reads}
+    if "ref_token_logps" in extras:
         bad = [i for i, (e, r) in enumerate(zip(examples, extras["ref_token_logps"])) if len(e.completion_ids) != len(r)]
         if bad:
             raise AlolError(f"{source} row {bad[0]}: ref_token_logps has a different length than the completion's "
@@ -116,7 +116,8 @@ def offline_rows(frame, tokenizer, algorithm: str, max_prompt_tokens: int, max_c
 
 
 def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tokens: int):
-    """(chosen, rejected) sequences per row, with the reference log-probs and rewards of both."""
+    """(chosen, rejected) sequences per row, with the reference log-probs and the raw reward scores
+    of both (PRO's temperature: a reward model's logit, not its sigmoid)."""
     from alol.sequences import encode
 
     prompts = pairs["prompt"].to_list()
@@ -124,7 +125,7 @@ def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tok
     rejected = encode(tokenizer, prompts, pairs["rejected"].to_list(), max_prompt_tokens, max_completion_tokens)
     extras = {"ref_chosen_logp": pairs["ref_chosen_logp"].to_list(),
               "ref_rejected_logp": pairs["ref_rejected_logp"].to_list(),
-              "reward_0": pairs["chosen_reward"].to_list(), "reward_1": pairs["rejected_reward"].to_list()}
+              "reward_0": pairs["chosen_raw_reward"].to_list(), "reward_1": pairs["rejected_raw_reward"].to_list()}
     return [[c, r] for c, r in zip(chosen, rejected)], extras
 
 

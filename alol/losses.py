@@ -12,15 +12,11 @@ gradient is a weighted NLL gradient. Ratios are formed in log space, exponentiat
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
-
-OFFLINE = ("nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl")
-PREFERENCE = ("dpo", "dpo_ref_free", "pro")
-ALGORITHMS = OFFLINE + PREFERENCE
-NEEDS_REF = {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo"}
-NEEDS_ADVANTAGE = {"a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"}
-RATIO_BASED = {"r_lol", "a_lol", "a_lol_seq"}
 
 
 def nll(logps, mask):
@@ -73,9 +69,6 @@ def losses_a_lol_kl(logps, mask, advantage, ref_logps, kl_beta, **_):
     return advantage.clamp(min=0) * policy_nll + kl_beta * (nll(ref_logps, mask) - policy_nll)
 
 
-OFFLINE_LOSSES = {name: globals()[f"losses_{name}"] for name in OFFLINE}
-
-
 def dpo(chosen_logp, rejected_logp, ref_chosen_logp=None, ref_rejected_logp=None, beta=0.1):
     """-log sigmoid(beta * (policy log-ratio - reference log-ratio)); no reference: its ratio is 0.
 
@@ -99,6 +92,61 @@ def pro(scores, rewards, nll_best, sft_weight=0.05):
         logits = scores[:, k:] * temps
         total = total + torch.logsumexp(logits, dim=1) - logits[:, 0]
     return total + sft_weight * (n - 1) ** 2 * nll_best
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """Everything the pipeline needs to know about one algorithm; the rest is derived from it."""
+
+    name: str
+    loss: Callable
+    """Offline: the per-example loss above; preference: dpo or pro (rows of candidates, best first)."""
+    reads: tuple[str, ...]
+    """The precomputed columns its loss reads: offline from the advantages table, preference from the pairs."""
+    strategy: str
+    """Its default sampling strategy (finetune.sampling_strategy: auto)."""
+    clipped: bool = False
+    """Clamps importance ratios to [1 - ppo_clip, 1 + ppo_clip] (so ppo_clip must be > 0)."""
+
+    @property
+    def pairs(self) -> bool:
+        """Trains on preference pairs (the sample stage's output), not on the offline rows."""
+        return self.strategy == "pairs"
+
+    @property
+    def needs_ref(self) -> bool:
+        return any(c.startswith("ref_") for c in self.reads)
+
+    @property
+    def needs_advantage(self) -> bool:
+        return "advantage" in self.reads
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """The sampling strategies that fit its loss: uniform passes, or priority by the signal it weights by
+        (the advantage may also draw from every candidate: all_priority); preference pairs only for pairs."""
+        if self.pairs:
+            return ("pairs",)
+        return ("uniform",) + ((self.strategy,) if self.strategy != "uniform" else ()) + (
+            ("all_priority",) if self.needs_advantage else ())
+
+
+REF, ADV = "ref_token_logps", "advantage"
+ALGORITHMS = {a.name: a for a in (
+    Algorithm("nll", losses_nll, (), "uniform"),
+    Algorithm("wbc", losses_wbc, ("reward",), "reward_priority"),
+    Algorithm("r_gold", losses_r_gold, ("reward",), "reward_priority"),
+    Algorithm("r_lol", losses_r_lol, ("reward", REF), "reward_priority", clipped=True),
+    Algorithm("a_lol", losses_a_lol, (ADV, REF), "good_priority", clipped=True),
+    Algorithm("a_lol_ref_free", losses_a_lol_ref_free, (ADV,), "good_priority"),
+    Algorithm("a_lol_seq", losses_a_lol_seq, (ADV, REF), "good_priority", clipped=True),
+    Algorithm("a_lol_kl", losses_a_lol_kl, (ADV, REF), "good_priority"),
+    Algorithm("dpo", dpo, ("ref_chosen_logp", "ref_rejected_logp"), "pairs"),
+    Algorithm("dpo_ref_free", dpo, (), "pairs"),
+    # PRO's temperature is the difference of RAW reward scores (a reward model's logit, spec section 2)
+    Algorithm("pro", pro, ("chosen_raw_reward", "rejected_raw_reward"), "pairs"),
+)}
+"""Every algorithm by name, in the order tables and sweeps list them."""
 
 
 def offline_stats(logps, mask, ref_logps=None, advantage=None, ppo_clip=None) -> dict[str, float]:

@@ -17,7 +17,7 @@ from alol.errors import AlolError
 class ModelConfig:
     """`model:` which weights are trained, and how."""
 
-    mode: Literal["full", "lora", "qlora"] = "full"
+    mode: Literal["full", "lora", "qlora"] = "lora"
     """full: every weight; lora: low-rank adapters on a frozen base; qlora: lora on a 4-bit NF4 base."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Compute dtype. float32 on CPU (bf16 is ~27x slower on CPUs without AMX); bf16 on GPUs."""

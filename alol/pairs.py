@@ -15,23 +15,30 @@ import polars as pl
 from alol.generate import GenerationConfig
 
 PAIR_COLUMNS = ["prompt_id", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
-                "ref_chosen_logp", "ref_rejected_logp"]
+                "chosen_raw_reward", "rejected_raw_reward", "ref_chosen_logp", "ref_rejected_logp"]
 
 
 @dataclasses.dataclass
 class SampleConfig:
     """`sample:` reference replies that pair with the data replies (preference algorithms only)."""
 
-    rows: int = 96
+    rows: int = 64
     """Train prompts to sample (a seeded subset; 0: all). Generation is the slow part on a CPU."""
-    generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(do_sample=True, top_p=0.95))
+    generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, do_sample=True, top_p=0.95))
     """How the second reply is generated (sampled by default, for variety)."""
 
 
 def order_pairs(frame: pl.DataFrame, generated: list[str], generated_reward: np.ndarray,
-                ref_data_logp: list[float], ref_generated_logp: list[float]) -> pl.DataFrame:
-    """(chosen, rejected) by reward; ties keep the data reply as chosen. Equal texts are dropped."""
+                ref_data_logp: list[float], ref_generated_logp: list[float],
+                generated_raw_reward: np.ndarray | None = None) -> pl.DataFrame:
+    """(chosen, rejected) by reward; ties keep the data reply as chosen. Equal texts are dropped.
+    The raw rewards (PRO's temperature, alol.rewards.raw_reward) travel with them; None: the reward."""
+    from alol.rewards import raw_reward
+
     data_reward = frame["reward"].to_numpy()
+    data_raw = raw_reward(frame)
+    generated_raw = generated_reward if generated_raw_reward is None else generated_raw_reward
     data_wins = data_reward >= generated_reward
     out = pl.DataFrame({
         "prompt_id": frame["prompt_id"], "prompt": frame["prompt"],
@@ -39,6 +46,8 @@ def order_pairs(frame: pl.DataFrame, generated: list[str], generated_reward: np.
         "rejected": np.where(data_wins, np.array(generated, dtype=object), frame["completion"].to_numpy()),
         "chosen_reward": np.where(data_wins, data_reward, generated_reward),
         "rejected_reward": np.where(data_wins, generated_reward, data_reward),
+        "chosen_raw_reward": np.where(data_wins, data_raw, generated_raw),
+        "rejected_raw_reward": np.where(data_wins, generated_raw, data_raw),
         "ref_chosen_logp": np.where(data_wins, ref_data_logp, ref_generated_logp),
         "ref_rejected_logp": np.where(data_wins, ref_generated_logp, ref_data_logp),
     }, schema_overrides={"chosen": pl.String, "rejected": pl.String})

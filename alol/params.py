@@ -32,7 +32,50 @@ class BaseConfig:
     """Completions (EOS included) are right-truncated to this many tokens when trained on."""
 
 
+# Every top-level key of params.yaml: a section maps onto its dataclass ("module:name", imported by
+# name when a file is checked: some pull in torch; `rewards` onto the function that checks it), a
+# scalar onto (its default, its valid values). Checking can fail a stage, never change its outputs.
+SECTIONS = {
+    "base": "alol.params:BaseConfig",
+    "download": "alol.assets:DownloadConfig",
+    "clean": {"chitchat": "alol.data.chitchat:CleanConfig", "hh": "alol.data.hh:HHCleanConfig"},  # by `task`
+    "rewards": "alol.rewards:reward_configs",  # component name -> settings (the task's reward, no defaults)
+    "model": "alol.model:ModelConfig",
+    "train_reference": "alol.policy:ReferenceConfig",
+    "estimate_value": "alol.value:ValueConfig",
+    "sample": "alol.pairs:SampleConfig",
+    "plan": "alol.advantages:PlanConfig",
+    "finetune": "alol.finetune:FinetuneConfig",
+    "evaluate": "alol.evaluate:EvaluateConfig",
+}
+SCALARS = {"task": ("chitchat", ("chitchat", "hh")), "algorithm": ("a_lol", "alol.losses:ALGORITHMS")}
+
+
+def _resolve(target: str):
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def section_class(name: str, task: str = "chitchat"):
+    """The dataclass of top-level section `name` (`rewards`: the function that checks it)."""
+    target = SECTIONS[name]
+    return _resolve(target[task] if isinstance(target, dict) else target)
+
+
+def _unknown(where: str, what: str, key: str, valid) -> AlolError:
+    import difflib
+
+    names = {str(v).lower(): v for v in valid}  # `task: HH` is a near miss too
+    close = difflib.get_close_matches(str(key).lower(), list(names), n=1)
+    hint = f" Did you mean {names[close[0]]!r}?" if close else ""
+    return AlolError(f"{where}: unknown {what} {key!r}.{hint} Valid: {', '.join(map(str, valid))}.")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml and check every key of it once: an unknown section, setting or value is an
+    error naming the file and the key (so a typo never silently runs the defaults)."""
     path = Path(path)
     if not path.exists():
         raise AlolError(f"{path}: no such params file. Run the stage from the folder holding params.yaml.")
@@ -42,7 +85,20 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise AlolError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise AlolError(f"{path}: the top level must be a mapping of sections.")
+    for key in data:
+        if key not in SECTIONS and key not in SCALARS:
+            raise _unknown(str(path), "top-level section", key, [*SECTIONS, *SCALARS])
+    for key, (default, valid) in SCALARS.items():
+        valid = tuple(_resolve(valid) if isinstance(valid, str) else valid)
+        data.setdefault(key, default)
+        if data[key] not in valid:
+            raise _unknown(str(path), key, data[key], valid)
     data["__file__"] = str(path)
+    for name in SECTIONS:
+        if name == "rewards":
+            section_class(name)(data)
+        elif name in data:
+            section(data, name, section_class(name, data["task"]))
     return data
 
 
@@ -52,7 +108,9 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     return from_dict(cls, params.get(name) or {}, where)
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
+def from_dict(cls: type[T], data: Any, where: str, default: T | None = None) -> T:
+    """`cls` from a mapping of settings; the settings not given keep `default`'s values (the
+    enclosing dataclass's default for a nested one), else the class defaults."""
     if not isinstance(data, dict):
         raise AlolError(f"{where}: expected a mapping of settings, got {data!r}.")
     hints = typing.get_type_hints(cls)
@@ -60,11 +118,26 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise AlolError(f"{where}: unknown setting(s) {unknown}; valid settings are {sorted(fields)}.")
-    kwargs = {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    base = default if default is not None else _defaults(cls)
+    kwargs = {}
+    for key, value in data.items():
+        nested = getattr(base, key, None) if base is not None else None
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and nested is not None:
+            kwargs[key] = from_dict(hints[key], value, f"{where}.{key}", nested)
+        else:
+            kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise AlolError(f"{where}: {err}") from None
+
+
+def _defaults(cls):
+    """The all-defaults instance of `cls`, or None if some field has no default."""
+    try:
+        return cls()
+    except TypeError:
+        return None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -20,9 +20,10 @@ class ReferenceConfig:
     source: str = "train"
     """'train': NLL on the train completions, starting from the downloaded policy. Anything else is
     a model folder, hub id or saved adapter folder used as the reference as is (HH: an SFT adapter)."""
-    steps: int = 20
+    steps: int = 12
     """Optimizer steps of NLL training (uniform passes over the train rows)."""
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(learning_rate=3.0e-4))
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=3.0e-4, batch_size=8, micro_batch_size=4))
     """Optimiser, schedule and batching of NLL training."""
 
 

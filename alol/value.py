@@ -3,7 +3,9 @@
 A frozen reference reads the prompt; one learned query attends over its last-layer states
 (8 heads, padding masked); dropout 0.1 before and after; Linear(d, 1); sigmoid scaled to the
 task's reward range. Fit by MSE to the reward of the reference's own greedy reply on validation
-prompts; the epoch is chosen on a held-out part of them (the reference picks by training MSE).
+prompts. The rows are split by conversation (group_id) three ways: fit / select (picks the epoch;
+the reference picks by training MSE) / report (the fit quality in metrics.json), so neither
+held-out number sees a conversation trained on, and the reported one is not the one maximised.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from alol.generate import GenerationConfig
 class ValueConfig:
     """`estimate_value:` generation on validation prompts and the value-head fit."""
 
-    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """How the reference's replies to validation prompts are generated (greedy by default)."""
     epochs: int = 30
     """Passes over the value-head training part."""
@@ -34,7 +36,8 @@ class ValueConfig:
     batch_size: int = 16
     """Value-head batch size."""
     heldout_fraction: float = 0.2
-    """Share of validation generations held out to choose the epoch and report fit quality."""
+    """Share of validation conversations (group_id) held out: half pick the epoch, the other half
+    give the reported fit quality (R^2, MSE, correlation)."""
     heads: int = 8
     """Attention heads of the pooling."""
     dropout: float = 0.1
@@ -68,7 +71,7 @@ class ValueHead(nn.Module):
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "value_head.safetensors")
+        save_file({k: v.contiguous().cpu() for k, v in self.state_dict().items()}, folder / "value_head.safetensors")
         config = {"hidden_size": self.query.shape[-1], "low": float(self.low), "high": float(self.high),
                   "heads": self.attention.num_heads, "dropout": self.dropout_in.p, **meta}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -101,22 +104,38 @@ def predict(head: ValueHead, states: list[torch.Tensor], batch_size: int = 64) -
                            for i in range(0, len(states), batch_size)]) if states else np.zeros(0)
 
 
-def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, cfg: ValueConfig, low: float, high: float,
-                   seed: int) -> tuple[ValueHead, dict, list[dict]]:
-    """Train on (1 - heldout_fraction) of the rows, keep the epoch with the lowest held-out MSE."""
+def group_split(groups: list[str], heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, select, report) row indices, whole groups each: a seeded heldout_fraction of the groups
+    (at least 2) is held out, its first half (at least 1) selects the epoch, the rest reports."""
+    from alol.errors import AlolError
+
+    names = sorted(set(groups))
+    if len(names) < 3:
+        raise AlolError(f"estimate_value: the validation rows come from {len(names)} conversation(s) (group_id); "
+                        "the value fit needs at least 3 (fit / select / report). Use more validation rows.")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_heldout = min(len(names) - 1, max(2, int(round(heldout_fraction * len(names)))))
+    n_select = max(1, n_heldout // 2)
+    part = {names[g]: 1 if rank < n_select else 2 if rank < n_heldout else 0 for rank, g in enumerate(order)}
+    of_row = np.array([part[g] for g in groups])
+    return tuple(np.flatnonzero(of_row == k) for k in (0, 1, 2))
+
+
+def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, groups: list[str], cfg: ValueConfig, low: float,
+                   high: float, seed: int) -> tuple[ValueHead, dict, list[dict]]:
+    """Train on the fit groups, keep the epoch with the lowest MSE on the select groups, report the
+    fit quality on the report groups (see group_split)."""
+    fit, select, report = group_split(groups, cfg.heldout_fraction, seed)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(states))
-    n_heldout = max(1, int(round(cfg.heldout_fraction * len(states))))
-    heldout, fit = order[:n_heldout], order[n_heldout:]
     torch.manual_seed(seed)
-    head = ValueHead(states[0].shape[-1], low, high, cfg.heads, cfg.dropout)
+    head = place(ValueHead(states[0].shape[-1], low, high, cfg.heads, cfg.dropout), "value head")
     with torch.no_grad():  # start at the mean target: the fit begins at MSE = variance, not saturated
         mean = float(np.clip((targets[fit].mean() - low) / (high - low), 1e-4, 1 - 1e-4))
         head.out.weight.zero_()
         head.out.bias.fill_(float(np.log(mean / (1 - mean))))
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate)
-    y = torch.tensor(targets, dtype=torch.float32)
-    heldout_states, heldout_y = [states[i] for i in heldout], targets[heldout]
+    y = torch.tensor(targets, dtype=torch.float32, device=head.low.device)
+    select_states, select_y = [states[i] for i in select], targets[select]
     best, best_state, curve = float("inf"), None, []
     for epoch in range(cfg.epochs):
         head.train()
@@ -124,23 +143,24 @@ def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, cfg: ValueCo
         train_loss = 0.0
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
-            x, mask = pad_states([states[i] for i in idx])
+            x, mask = (t.to(y.device) for t in pad_states([states[i] for i in idx]))
             loss = torch.nn.functional.mse_loss(head(x, mask), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             train_loss += loss.item() * len(idx) / len(perm)
-        mse = float(np.mean((predict(head, heldout_states) - heldout_y) ** 2))
-        curve.append({"step": epoch + 1, "train_mse": train_loss, "heldout_mse": mse})
+        mse = float(np.mean((predict(head, select_states) - select_y) ** 2))
+        curve.append({"step": epoch + 1, "train_mse": train_loss, "select_mse": mse})
         if mse < best:
             best, best_state = mse, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
-    pred = predict(head, heldout_states)
-    return head, fit_quality(pred, heldout_y, best_epoch=int(np.argmin([c["heldout_mse"] for c in curve])) + 1), curve
+    pred = predict(head, [states[i] for i in report])
+    return head, fit_quality(pred, targets[report], best_epoch=int(np.argmin([c["select_mse"] for c in curve])) + 1,
+                             select_mse=best, select_rows=len(select), fit_rows=len(fit)), curve
 
 
 def fit_quality(pred: np.ndarray, target: np.ndarray, **extra) -> dict:
-    """Held-out MSE, R^2 and Pearson r (NaN-free: 0 when a side is constant)."""
+    """Held-out MSE, R^2 and Pearson r on the report rows (NaN-free: 0 when a side is constant)."""
     mse = float(np.mean((pred - target) ** 2))
     var = float(np.var(target))
     r2 = 1 - mse / var if var > 0 else 0.0

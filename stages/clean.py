@@ -19,7 +19,7 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
          stats_path: Path = typer.Argument(..., help="JSON of drop counts and split sizes (a DVC metric)."),
          params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `base:` and `clean:`).")):
     p = load_params(params)
-    if p.get("task", "chitchat") == "hh":
+    if p["task"] == "hh":
         from alol.data.hh import HHCleanConfig, clean_hh, load_hh
 
         splits, stats = clean_hh(load_hh(assets / "hh"), section(p, "clean", HHCleanConfig))
@@ -29,7 +29,7 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
         base, cfg = section(p, "base", BaseConfig), section(p, "clean", CleanConfig)
         tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
         splits, stats = build_splits(load_conversations(assets / "chitchat" / "dataset.json"), tokenizer, cfg,
-                                     base.seed)
+                                     base)
     for name, frame in splits.items():
         write_parquet(frame, out / f"{name}.parquet")
     write_json(stats, stats_path)

@@ -22,7 +22,7 @@ def main(out: Path = typer.Argument(..., help="Folder to write the converted ass
     p = load_params(params)
     cfg = section(p, "download", DownloadConfig)
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work:
-        if p.get("task", "chitchat") == "hh":  # HH data only: its models are hub ids / folders used in place
+        if p["task"] == "hh":  # HH data only: its models are hub ids / folders used in place
             if not cfg.source:
                 raise AlolError(f"{params}: download.source is required for the hh task (PRO's data.zip URL, "
                                 "a local zip, or a folder).")

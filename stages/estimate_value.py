@@ -35,7 +35,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
 
     p = load_params(params)
     base, cfg = section(p, "base", BaseConfig), section(p, "estimate_value", ValueConfig)
-    frame = read_parquet(annotated / "validation.parquet", ["prompt_id", "prompt", "context"])
+    frame = read_parquet(annotated / "validation.parquet", ["prompt_id", "group_id", "prompt", "context"])
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     tic = time.perf_counter()
@@ -52,7 +52,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     if not is_main_process():  # the head is small: fit once, on the main process
         return
     low, high = reward_range(cfg, p)
-    head, quality, curve = fit_value_head(states, scores["reward"], cfg, low, high, base.seed)
+    head, quality, curve = fit_value_head(states, scores["reward"], frame["group_id"].to_list(), cfg, low, high,
+                                          base.seed)
     with atomic_path(out) as tmp:
         head.save(tmp, {"reward_range": [low, high], **quality})
     write_parquet(generations, results / "generations.parquet")

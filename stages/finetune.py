@@ -6,6 +6,7 @@ The frozen reference is never loaded: its log-probs and the value are Parquet co
     accelerate launch --num_processes 2 stages/finetune.py ...     # DDP on 2 GPUs, same arguments
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,10 +17,10 @@ from alol.device import is_main_process
 from alol.errors import AlolError
 from alol.annotate import load_reward
 from alol.finetune import (FinetuneConfig, check_algorithm, make_validator, offline_loss_fn, offline_rows,
-                           preference_loss_fn, preference_rows)
-from alol.advantages import select_plan
+                           preference_loss_fn, preference_rows, validation_interval)
+from alol.advantages import select_plan, step_scales
 from alol.io import atomic_path, read_parquet, write_json
-from alol.losses import PREFERENCE
+from alol.losses import ALGORITHMS
 from alol.pairs import PAIR_COLUMNS
 from alol.model import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
 from alol.params import BaseConfig, load_params, section
@@ -42,14 +43,15 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
 
     p = load_params(params)
     base, cfg = section(p, "base", BaseConfig), section(p, "finetune", FinetuneConfig)
-    algorithm = p.get("algorithm", "a_lol")
+    algorithm = p["algorithm"]
     strategy = check_algorithm(algorithm, cfg)
     tokenizer = load_tokenizer(reference)
     meta = json.loads((advantages / "meta.json").read_text())
     if meta["tokenizer"] != tokenizer_fingerprint(tokenizer):
         raise AlolError(f"the policy tokenizer ({reference}) differs from the one {advantages} was computed with; "
                         "rerun the advantages stage with this policy (dvc repro).")
-    if algorithm in PREFERENCE:
+    step_scale = 1.0  # the pairs, uniform and reward_priority plans take plan.steps
+    if ALGORITHMS[algorithm].pairs:
         if pairs is None:
             raise AlolError(f"{algorithm} trains on preference pairs: pass --pairs (the sample stage's output).")
         rows, extras = preference_rows(read_parquet(pairs, PAIR_COLUMNS), tokenizer, base.max_prompt_tokens,
@@ -61,15 +63,18 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
         rows, extras = offline_rows(frame, tokenizer, algorithm, base.max_prompt_tokens, base.max_completion_tokens,
                                     str(table))
         loss_fn = offline_loss_fn(algorithm, cfg)
+        step_scale = step_scales(frame).get(strategy, 1.0)
     plan = select_plan(read_parquet(plans, ["strategy", "step", "row"]), strategy)
     torch.manual_seed(base.seed)
     model_cfg = section(p, "model", ModelConfig)
     model = load_trainable(reference, model_cfg)
+    # validate as often per run as the authors (their A-LoL runs scale the interval with the steps)
+    train_cfg = dataclasses.replace(cfg.train, eval_every=validation_interval(cfg.train.eval_every, step_scale))
     checkpoint = Checkpoint(checkpoint_dir, run_fingerprint(
         {"algorithm": algorithm, "finetune": cfg, "model": model_cfg, "reference": folder_digest(reference)},
-        cfg.train, plan, rows, extras))
+        train_cfg, plan, rows, extras))
     validate = None
-    if cfg.train.eval_every:
+    if train_cfg.eval_every:
         if annotated is None or assets is None:
             raise AlolError("finetune.train.eval_every > 0 validates with the task reward: pass --annotated and "
                             "--assets (as dvc.yaml does), or set eval_every: 0.")
@@ -77,7 +82,7 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
                                   read_parquet(annotated / "validation.parquet", ["prompt_id", "prompt", "context"]),
                                   cfg, base.max_prompt_tokens, base.seed)
     live = LiveLog(results / "live", resume=checkpoint.resumable) if is_main_process() else None
-    model = train(model, rows, extras, plan, loss_fn, cfg.train, tokenizer.pad_token_id, checkpoint, live, validate)
+    model = train(model, rows, extras, plan, loss_fn, train_cfg, tokenizer.pad_token_id, checkpoint, live, validate)
     if is_main_process():
         live.close()
         with atomic_path(out) as tmp:

@@ -20,6 +20,7 @@ from alol.pairs import SampleConfig, order_pairs
 from alol.params import BaseConfig, load_params, section
 from alol.policy import load_frozen
 from alol.reference import reference_pass
+from alol.rewards import raw_reward
 from alol.sequences import encode
 
 
@@ -40,19 +41,21 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     if "candidates" in frame.columns:  # the data has its own second reply (HH): candidate 1, nothing generated
         generated = [c[1] for c in frame["candidates"].to_list()]
         generated_reward = np.array([r[1] for r in frame["candidate_rewards"].to_list()])
+        generated_raw = np.array([r[1] for r in frame["candidate_raw_rewards"].to_list()])
     else:
         generated, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens,
                                 base.seed)
-        generated_reward = load_reward(p, assets, annotated)(
+        scores = load_reward(p, assets, annotated)(
             reward_inputs(frame, "train", completions=generated), source="reference samples",
-            row_ids=frame["prompt_id"].to_list())["reward"]
+            row_ids=frame["prompt_id"].to_list())
+        generated_reward, generated_raw = scores["reward"], raw_reward(scores)
     prompts = frame["prompt"].to_list()
     logps = {}
     for name, replies in (("data", frame["completion"].to_list()), ("generated", generated)):
         examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, base.max_completion_tokens)
         token_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
         logps[name] = [float(np.sum(t)) for t in token_logps]
-    pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"])
+    pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"], generated_raw)
     if not is_main_process():
         return
     write_parquet(pairs, out)

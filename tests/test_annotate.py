@@ -82,3 +82,76 @@ def test_python_reward_nan(workdir):
     proc = annotate(workdir, "  broken: {type: python, function: 'user_rewards:broken'}\n")
     assert_failed_cleanly(proc, workdir, "rewards.broken: returned nan for row 1 (prompt_id 'validation:1')",
                           "validation.parquet")
+
+
+# --- the HH reward model: raw logits for PRO, stored logits for train only -------------------
+
+def hh_frame(logits):
+    return pl.DataFrame({"prompt_id": ["t:0"], "prompt": ["p"], "completion": ["good"], "context": ["c"],
+                         "turns": [["<|prompter|>hi", "<|assistant|>"]], "candidates": [["good", "bad"]],
+                         "candidate_logits": [logits]})
+
+
+def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
+    """Stored train logits [2.0, -1.0]: rewards sigmoid = [0.8808, 0.2689], but PRO's temperature
+    is the raw difference T = 2 - (-1) = 3.0 (spec), not 0.8808 - 0.2689 = 0.6119 (~5x weaker)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from alol import losses
+    from alol.annotate import annotate_splits
+    from alol.finetune import preference_rows
+    from alol.pairs import order_pairs
+    from alol.rewards import RewardComponentConfig, RewardFunction
+
+    reward = RewardFunction({"oasst": RewardComponentConfig(type="reward_model", model="never-loaded")}, ".")
+    tables, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"})
+    train = tables["train"]
+    assert train["candidate_rewards"].to_list()[0] == pytest.approx([0.880797, 0.268941], abs=1e-6)
+    assert train["candidate_raw_rewards"].to_list() == [[2.0, -1.0]]
+    assert train["raw_reward"].to_list() == [2.0]
+    pairs = order_pairs(train, ["bad"], np.array([0.268941]), [-3.0], [-4.0], np.array([-1.0]))
+    _, extras = preference_rows(pairs, tiny_tokenizer, 16, 8)
+    assert extras["reward_0"][0] - extras["reward_1"][0] == pytest.approx(3.0)
+    # the ranking term with s = [-1, -2]: log(e^(-1 T) + e^(-2 T)) + T = log(1 + e^-T)
+    scores = torch.tensor([[-1.0, -2.0]])
+    rewards = torch.tensor([[extras["reward_0"][0], extras["reward_1"][0]]])
+    ranking = losses.pro(scores, rewards, torch.zeros(1), sft_weight=0.0).item()
+    assert ranking == pytest.approx(math.log(1 + math.exp(-3.0)))  # 0.04859 (sigmoids: log(1 + e^-0.6119) = 0.4358)
+
+
+def test_without_a_reward_model_the_raw_reward_is_the_reward(workdir):
+    """Chit-chat: no component squashes a logit, so PRO's temperature is the task reward's difference."""
+    import numpy as np
+
+    from alol.pairs import order_pairs
+
+    frame = pl.DataFrame({"prompt_id": ["a"], "prompt": ["p"], "completion": ["d"], "reward": [0.75]})
+    pairs = order_pairs(frame, ["g"], np.array([0.25]), [-1.0], [-2.0])
+    assert pairs["chosen_raw_reward"].to_list() == [0.75] and pairs["rejected_raw_reward"].to_list() == [0.25]
+
+
+def test_stored_logits_score_the_train_split_only(monkeypatch):
+    """PRO's stored logits are the 1.4B train RM's: test (gold) replies must be scored by the test
+    model like the policies' replies, validation by a fresh pass of the train model."""
+    import math
+
+    from alol.rewards.components import DialogueRewardModel, RewardInputs
+
+    class Fake:
+        eos = "</s>"
+
+        def __init__(self, logit):
+            self.logit = logit
+
+        def score(self, texts, batch_size):
+            return [self.logit] * len(texts)
+
+    component = DialogueRewardModel("rm-1.4b", "rm-6.9b", 1024, True, "rewards.oasst")
+    monkeypatch.setattr(component, "_model", lambda split: Fake(1.0 if split == "test" else 0.0))
+    for split, logit in (("train", 3.0), ("validation", 0.0), ("test", 1.0)):
+        rows = RewardInputs(["p"], ["r"], ["c"], turns=[["<|prompter|>hi", "<|assistant|>"]], stored_logits=[3.0],
+                            split=split)
+        assert component.score(rows)[0] == pytest.approx(1 / (1 + math.exp(-logit))), split

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from alol.data.chitchat import CleanConfig, build_splits, conversation_rows, load_conversations
+from alol.params import BaseConfig
 from alol.errors import AlolError
 from conftest import build_tokenizer, run_stage
 
@@ -50,15 +51,15 @@ def test_no_group_in_two_splits_and_same_seed_same_splits(tiny_tokenizer, tmp_pa
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps(synthetic()))
     cfg = CleanConfig(validation_conversations=5, test_conversations=5, max_rows={"train": 0})
-    splits, stats = build_splits(load_conversations(path), tiny_tokenizer, cfg, seed=3)
+    splits, stats = build_splits(load_conversations(path), tiny_tokenizer, cfg, BaseConfig(seed=3))
     groups = {name: set(frame["group_id"]) for name, frame in splits.items()}
     assert not groups["train"] & groups["validation"] and not groups["train"] & groups["test"]
     assert not groups["validation"] & groups["test"]
     assert len(groups["validation"]) == 5 and len(groups["test"]) == 5 and len(groups["train"]) == 20
     assert stats["rows"]["train"] == 20 * 3
-    again, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, seed=3)
+    again, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, BaseConfig(seed=3))
     assert all(again[name].equals(splits[name]) for name in splits)
-    other, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, seed=4)
+    other, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, BaseConfig(seed=4))
     assert set(other["test"]["group_id"]) != groups["test"]
 
 
@@ -66,7 +67,7 @@ def test_prompt_is_the_chat_template_and_lengths_are_counted(tiny_tokenizer, tmp
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps(synthetic(12)))
     cfg = CleanConfig(validation_conversations=1, test_conversations=1, system_prompt=None, max_rows={})
-    splits, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, seed=0)
+    splits, _ = build_splits(load_conversations(path), tiny_tokenizer, cfg, BaseConfig(seed=0))
     row = splits["train"].filter(pl.col("completion") == "i like hiking").row(0, named=True)
     n = int(row["group_id"][4:])
     # k = 3 turns before the reply; roles alternate backwards from the user turn it answers
@@ -83,8 +84,8 @@ def test_prompt_is_the_chat_template_and_lengths_are_counted(tiny_tokenizer, tmp
 def test_length_limits_drop_rows(tiny_tokenizer, tmp_path):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps(synthetic(12)))
-    cfg = CleanConfig(validation_conversations=1, test_conversations=1, max_completion_tokens=4, max_rows={})
-    splits, stats = build_splits(load_conversations(path), tiny_tokenizer, cfg, seed=0)
+    cfg = CleanConfig(validation_conversations=1, test_conversations=1, max_rows={})
+    splits, stats = build_splits(load_conversations(path), tiny_tokenizer, cfg, BaseConfig(seed=0, max_completion_tokens=4))
     assert stats["dropped"]["completion_too_long"] > 0
     assert all(n <= 4 for frame in splits.values() for n in frame["completion_tokens"])
 

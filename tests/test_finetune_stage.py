@@ -66,7 +66,7 @@ def test_unknown_algorithm_lists_valid_names(workdir):
     write_params(workdir, algorithm="a_lol_fast")
     proc = run_stage("finetune.py", *finetune_args(workdir), cwd=workdir)
     assert proc.returncode == 1
-    assert "unknown algorithm 'a_lol_fast'; valid: nll, wbc" in " ".join(proc.stderr.split())
+    assert "unknown algorithm 'a_lol_fast'. Did you mean 'a_lol_seq'? Valid: nll, wbc" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.parametrize("algorithm, setting, message", [

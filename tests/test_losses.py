@@ -26,8 +26,8 @@ ADV = torch.tensor([1.5, -0.5])
 
 def batch_loss(name, **settings):
     logps = torch.tensor(LOGPS, requires_grad=True)
-    per_example = losses.OFFLINE_LOSSES[name](logps=logps, mask=MASK, ref_logps=REF, reward=REWARD,
-                                              advantage=ADV, **settings)
+    per_example = losses.ALGORITHMS[name].loss(logps=logps, mask=MASK, ref_logps=REF, reward=REWARD,
+                                               advantage=ADV, **settings)
     return per_example.mean(), logps
 
 
@@ -118,3 +118,41 @@ def test_stats():
     assert stats["ratio/mean"] == pytest.approx((math.exp(0.5) + math.exp(-0.5)) / 2)
     assert stats["ratio/clip_fraction"] == 1.0  # both ratios fall outside [0.8, 1.2]
     assert stats["kl"] == pytest.approx(0.0)  # +0.5 and -0.5
+
+
+# --- the algorithm table: one record per algorithm, every other fact derived from it ----------
+
+def test_algorithm_table_matches_the_spec():
+    """Spec section 2's 'needs pi_ref' / 'needs V' columns, and the pairs algorithms."""
+    table = losses.ALGORITHMS
+    assert {n for n, a in table.items() if a.needs_ref} == {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo"}
+    assert {n for n, a in table.items() if a.needs_advantage} == {"a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"}
+    assert {n for n, a in table.items() if a.pairs} == {"dpo", "dpo_ref_free", "pro"}
+    assert {n for n, a in table.items() if a.clipped} == {"r_lol", "a_lol", "a_lol_seq"}
+
+
+@pytest.mark.parametrize("algorithm, strategy", [
+    ("a_lol", "pairs"),              # the pairs plan indexes the pairs table, not the offline rows
+    ("nll", "pairs"),
+    ("wbc", "good_priority"),        # drawn by advantage, weighted by reward
+    ("a_lol", "reward_priority"),    # drawn by reward, weighted by advantage
+    ("dpo", "uniform"),              # preference algorithms train on the pairs plan only
+])
+def test_mismatched_sampling_strategy_is_refused(algorithm, strategy):
+    from alol.errors import AlolError
+    from alol.finetune import FinetuneConfig, check_algorithm
+
+    with pytest.raises(AlolError, match=rf"finetune\.sampling_strategy '{strategy}' does not fit {algorithm}; valid"):
+        check_algorithm(algorithm, FinetuneConfig(sampling_strategy=strategy))
+
+
+def test_auto_and_fitting_strategies():
+    from alol.finetune import FinetuneConfig, check_algorithm
+
+    auto = {name: check_algorithm(name, FinetuneConfig()) for name in losses.ALGORITHMS}
+    assert auto == {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority",
+                    "r_lol": "reward_priority", "a_lol": "good_priority", "a_lol_ref_free": "good_priority",
+                    "a_lol_seq": "good_priority", "a_lol_kl": "good_priority", "dpo": "pairs",
+                    "dpo_ref_free": "pairs", "pro": "pairs"}
+    assert check_algorithm("a_lol", FinetuneConfig(sampling_strategy="all_priority")) == "all_priority"
+    assert check_algorithm("wbc", FinetuneConfig(sampling_strategy="uniform")) == "uniform"

@@ -5,7 +5,6 @@ import pytest
 from alol.data.chitchat import CleanConfig
 from alol.errors import AlolError
 from alol.params import load_params, section
-from alol.rewards import reward_configs
 
 
 def write(tmp_path, text):
@@ -17,28 +16,95 @@ def write(tmp_path, text):
 def test_sections_become_typed_dataclasses(tmp_path):
     params = write(tmp_path, "clean:\n  context_turns: 2\n  max_rows: {train: 10}\n")
     cfg = section(params, "clean", CleanConfig)
-    assert cfg.context_turns == 2 and cfg.max_rows == {"train": 10} and cfg.max_prompt_tokens == 256
+    assert cfg.context_turns == 2 and cfg.max_rows == {"train": 10} and cfg.validation_conversations == 400
 
 
 def test_non_numeric_weight_names_the_setting(tmp_path):
-    params = write(tmp_path, "rewards:\n  safety: {weight: heavy}\n")
     with pytest.raises(AlolError, match=r"params\.yaml: rewards\.safety\.weight: expected a number, got 'heavy'"):
-        reward_configs(params)
+        write(tmp_path, "rewards:\n  safety: {weight: heavy}\n")
 
 
 def test_yaml_exponent_without_dot_gets_a_hint(tmp_path):
-    params = write(tmp_path, "rewards:\n  safety: {weight: 2e-4}\n")
     with pytest.raises(AlolError, match=r"write floats like 2\.0e-4"):
-        reward_configs(params)
+        write(tmp_path, "rewards:\n  safety: {weight: 2e-4}\n")
 
 
 def test_unknown_setting_lists_valid_ones(tmp_path):
-    params = write(tmp_path, "clean:\n  context_turn: 2\n")
     with pytest.raises(AlolError, match=r"clean: unknown setting\(s\) \['context_turn'\]; valid settings are .*context_turns"):
-        section(params, "clean", CleanConfig)
+        write(tmp_path, "clean:\n  context_turn: 2\n")
 
 
 def test_invalid_value_is_reported_with_the_section(tmp_path):
-    params = write(tmp_path, "clean:\n  context_turns: 0\n")
     with pytest.raises(AlolError, match=r"clean: context_turns must be at least 1"):
-        section(params, "clean", CleanConfig)
+        write(tmp_path, "clean:\n  context_turns: 0\n")
+
+
+# --- one source of truth: the registry of sections, and defaults written once ----------------
+
+def test_unknown_top_level_section_is_an_error_with_a_suggestion(tmp_path):
+    with pytest.raises(AlolError, match=r"params\.yaml: unknown top-level section 'finetun'\. Did you mean "
+                                        r"'finetune'\? Valid: base, download, clean"):
+        write(tmp_path, "finetun:\n  ppo_clip: 0.5\n")
+
+
+def test_task_and_algorithm_are_checked_values(tmp_path):
+    with pytest.raises(AlolError, match=r"params\.yaml: unknown task 'HH'\. Did you mean 'hh'\? Valid: chitchat, hh"):
+        write(tmp_path, "task: HH\n")
+    with pytest.raises(AlolError, match=r"unknown algorithm 'alol'\. Did you mean 'a_lol'\?"):
+        write(tmp_path, "algorithm: alol\n")
+    assert write(tmp_path, "base: {seed: 1}\n")["task"] == "chitchat"  # the default, filled in once
+
+
+def test_unknown_setting_in_any_section_is_caught_at_load(tmp_path):
+    # not only when the stage that reads `finetune:` runs
+    with pytest.raises(AlolError, match=r"finetune\.train: unknown setting\(s\) \['learning_rat'\]"):
+        write(tmp_path, "finetune:\n  train: {learning_rat: 1.0e-4}\n")
+
+
+def test_nested_settings_keep_the_enclosing_default(tmp_path):
+    """`finetune: {train: {eval_every: 5}}` changes eval_every only: the batch stays finetune's
+    default (8), not TrainConfig's class default."""
+    from alol.finetune import FinetuneConfig
+
+    cfg = section(write(tmp_path, "finetune:\n  train: {eval_every: 5}\n"), "finetune", FinetuneConfig)
+    assert (cfg.train.eval_every, cfg.train.batch_size, cfg.train.learning_rate) == (5, 8, 1.0e-4)
+
+
+def leaves(value, prefix=""):
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and prefix.count(".") < 3:
+        for key, item in value.items():
+            yield from leaves(item, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, value
+
+
+# Defaults in a module another change owns now (merge: make them equal, then delete the entry).
+
+
+def test_root_params_repeat_the_dataclass_defaults():
+    """Every value written in the root params.yaml equals what an empty params file gives: the
+    dataclass defaults are the embedded task's settings, params.yaml only shows them."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from alol.params import SCALARS, section_class
+
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    written = yaml.safe_load(root.read_text())
+    differ = {}
+    for name, values in written.items():
+        if name == "rewards":  # the task's reward is data, not a setting with a default
+            continue
+        if name in SCALARS:
+            default = {name: SCALARS[name][0]}
+            values = {name: values}
+        else:
+            default = {name: dataclasses.asdict(section({}, name, section_class(name)))}
+            values = {name: values}
+        flat = dict(leaves(default))
+        for key, value in leaves(values):
+            if key not in flat or flat[key] != value:
+                differ[key] = (value, flat.get(key, "<no such default>"))
+    assert differ == {}

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from alol.advantages import PlanConfig, make_plans, select_plan
+from alol.advantages import PlanConfig, make_plans, select_plan, step_scales
 from alol.errors import AlolError
 from alol.generate import cut_at_stop
 from alol.pairs import order_pairs
@@ -40,14 +40,31 @@ def test_value_head_learns_a_signal_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     states = [torch.tensor(rng.normal(size=(rng.integers(3, 9), 16)), dtype=torch.float32) for _ in range(200)]
     targets = np.array([1.0 + 2.0 / (1 + np.exp(-2 * s[:, 0].mean().item())) for s in states])
-    head, quality, curve = fit_value_head(states, targets, ValueConfig(learning_rate=3e-3, epochs=40, heads=4,
-                                                                       dropout=0.0), 0.0, 4.0, seed=0)
-    assert quality["heldout_r2"] > 0.8 and quality["heldout_rows"] == 40
-    assert curve[0]["heldout_mse"] > quality["heldout_mse"]
+    groups = [f"g{i // 2}" for i in range(200)]  # 100 conversations of 2 rows: 20 held out, 10 + 10
+    head, quality, curve = fit_value_head(states, targets, groups, ValueConfig(learning_rate=3e-3, epochs=40, heads=4,
+                                                                               dropout=0.0), 0.0, 4.0, seed=0)
+    assert quality["heldout_r2"] > 0.8 and (quality["select_rows"], quality["heldout_rows"]) == (20, 20)
+    assert curve[0]["select_mse"] > quality["select_mse"]
     head.save(tmp_path / "v", {"note": "test"})
     again, config = ValueHead.load(tmp_path / "v")
     np.testing.assert_allclose(predict(again, states[:5]), predict(head, states[:5]), atol=1e-6)
     assert config["note"] == "test" and config["low"] == 0.0 and config["high"] == 4.0
+
+
+def test_value_rows_split_by_conversation_three_ways():
+    """8 rows of 5 conversations; heldout_fraction 0.4 -> round(0.4 x 5) = 2 held-out conversations:
+    1 selects the epoch, 1 reports, 3 fit. No conversation is on two sides."""
+    from alol.value import group_split
+
+    groups = ["a", "a", "b", "b", "c", "d", "d", "e"]
+    fit, select, report = group_split(groups, 0.4, seed=0)
+    assert sorted(np.concatenate([fit, select, report]).tolist()) == list(range(8))
+    sides = [{groups[i] for i in part} for part in (fit, select, report)]
+    assert [len(s) for s in sides] == [3, 1, 1]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert group_split(groups, 0.4, seed=0)[2].tolist() == report.tolist()  # seeded
+    with pytest.raises(AlolError, match="at least 3"):
+        group_split(["a", "b"], 0.5, seed=0)
 
 
 def test_uniform_plan_is_shuffled_epochs():
@@ -73,6 +90,49 @@ def test_make_plans_scales_steps_by_positive_fraction():
     good = select_plan(plans, "good_priority")
     assert good.shape == (5, 2) and set(good.reshape(-1)) <= {0, 2}
     assert set(select_plan(plans, "pairs").reshape(-1)) == {0, 1, 2}
+
+
+def test_all_priority_takes_steps_times_the_summed_positive_fractions():
+    """HH-like: 4 prompts x 2 candidates. Preferred (candidate 0) advantages [+, +, +, -] -> p_good
+    = 3/4; candidate 1 [+, -, -, -] -> p_bad = 1/4. The all_priority pool is every positive
+    candidate, 4 rows = (3/4 + 1/4) x 4 prompts, so 20 x (0.75 + 0.25) = 20 steps (not their mean:
+    20 x 0.5 = 10); good_priority 20 x 0.75 = 15."""
+    frame = pl.DataFrame({"candidate": [0, 0, 0, 0, 1, 1, 1, 1],
+                          "advantage": [0.5, 0.2, 0.1, -0.3, 0.4, -0.1, -0.2, -0.6],
+                          "reward": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]})
+    assert step_scales(frame) == {"good_priority": 0.75, "all_priority": 1.0}
+    plans, stats = make_plans(frame, PlanConfig(steps=20), batch_size=2, seed=0)
+    assert stats["positive_fraction"] == 0.75
+    assert stats["steps"]["good_priority"] == 15 and stats["steps"]["all_priority"] == 20
+    assert set(select_plan(plans, "all_priority").reshape(-1)) == {0, 1, 2, 4}  # every positive candidate
+
+
+def test_validation_interval_scales_like_the_steps():
+    """The authors' HH A-LoL run: 9000 x p steps, validation every 900 x p (~10 validations).
+    p = 0.64: 900 x 0.64 = 576; uniform (scale 1): 900; off stays off; never below 1 step."""
+    from alol.finetune import validation_interval
+
+    assert validation_interval(900, 0.64) == 576
+    assert validation_interval(900, 1.0) == 900
+    assert validation_interval(0, 0.64) == 0
+    assert validation_interval(3, 0.1) == 1
+
+
+def test_hh_grad_clip_and_weight_decay_are_the_authors_under_a_mean_loss():
+    """The authors (spec section 5): micro-batch 4 x accumulation 4, clip 0.3 on the norm of the SUM
+    of the 4 micro-batch mean gradients (never divided by the accumulation) = 4 x our mean-over-
+    batch gradient, so the same clip here is 0.3 / 4 = 0.075; paged AdamW's weight decay 0.01."""
+    from pathlib import Path
+
+    import yaml
+
+    authors_clip, authors_accumulation, authors_micro_batch, authors_weight_decay = 0.3, 4, 4, 0.01
+    hh = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipelines" / "hh" / "params.yaml").read_text())
+    train = hh["finetune"]["train"]
+    assert train["micro_batch_size"] == authors_micro_batch
+    assert train["batch_size"] == authors_micro_batch * authors_accumulation
+    assert train["max_grad_norm"] == pytest.approx(authors_clip / authors_accumulation)  # 0.075
+    assert train["weight_decay"] == authors_weight_decay
 
 
 def test_no_positive_advantage_is_a_clear_error():

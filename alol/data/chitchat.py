@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from alol.errors import AlolError
+from alol.params import BaseConfig
 
 URL_ONLY = re.compile(r"^\s*((https?://|www\.)\S+\s*)+$", re.IGNORECASE)
 SPLITS = ("train", "validation", "test")
@@ -31,16 +32,12 @@ class CleanConfig:
     """How many turns before the reply the policy sees."""
     system_prompt: str | None = "You are a friendly person chatting casually. Reply in a sentence or two."
     """System message rendered by the chat template; null keeps the template's own default."""
-    max_prompt_tokens: int = 256
-    """Drop rows whose rendered prompt is longer than this (policy tokens)."""
-    max_completion_tokens: int = 48
-    """Drop rows whose reply (plus EOS) is longer than this (policy tokens)."""
     validation_conversations: int = 400
     """Conversations held out for validation (value estimation, checkpoint choice)."""
     test_conversations: int = 400
     """Conversations held out for the final evaluation."""
     max_rows: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"train": 1024, "validation": 160, "test": 128})
+        default_factory=lambda: {"train": 384, "validation": 128, "test": 128})
     """Rows kept per split after filtering (a seeded random subset; 0 keeps all). Sized so the
     default pipeline runs end to end in minutes on 2 CPU cores."""
 
@@ -127,8 +124,9 @@ def split_groups(group_ids: list[str], cfg: CleanConfig, seed: int) -> dict[str,
 
 
 def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: CleanConfig,
-                 seed: int) -> tuple[dict[str, pl.DataFrame], dict]:
-    """The three split tables and the statistics of what was dropped and kept.
+                 base: BaseConfig) -> tuple[dict[str, pl.DataFrame], dict]:
+    """The three split tables and the statistics of what was dropped and kept. Rows longer than
+    base.max_prompt_tokens / base.max_completion_tokens (reply + EOS) are dropped, not truncated.
 
     Rows are drawn in a seeded random order within each split and length-filtered until
     `max_rows` pass, so only the rows examined are rendered and tokenised (the length drop
@@ -137,6 +135,7 @@ def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: Cle
     rows, dropped = conversation_rows(conversations, cfg)
     if not rows:
         raise AlolError("clean: no (context, reply) pairs survived the filters; check the dataset.")
+    seed = base.seed
     assignment = split_groups([r["group_id"] for r in rows], cfg, seed)
     stats = {"conversations": len(conversations), "pairs": len(rows) + sum(dropped.values()),
              "dropped": {}, "available": {}, "examined": {}, "rows": {}, "conversations_per_split": {}}
@@ -149,7 +148,7 @@ def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: Cle
         while len(kept) < limit and examined < len(part):
             chunk = [part[i] for i in order[examined:examined + limit - len(kept) + 64]]
             examined += len(chunk)
-            kept.extend(_length_filtered(chunk, tokenizer, cfg, dropped))
+            kept.extend(_length_filtered(chunk, tokenizer, base, dropped))
         kept = sorted(kept[:limit], key=lambda r: r["index"])
         if not kept:
             raise AlolError(f"clean: the {name} split is empty; raise its conversations or loosen the length limits.")
@@ -164,7 +163,7 @@ def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: Cle
 COLUMNS = ["prompt_id", "group_id", "prompt", "completion", "context", "messages", "prompt_tokens", "completion_tokens"]
 
 
-def _length_filtered(rows: list[dict], tokenizer, cfg: CleanConfig, dropped: Counter) -> list[dict]:
+def _length_filtered(rows: list[dict], tokenizer, cfg: BaseConfig, dropped: Counter) -> list[dict]:
     """Render prompts with the chat template, count tokens, drop (and count) rows over the limits."""
     prompts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False, add_generation_prompt=True)
     prompt_lens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]

@@ -37,7 +37,8 @@ class RewardComponentConfig:
     max_tokens: int = 1024
     """reward_model: inputs are left-truncated to this many tokens."""
     use_stored_logits: bool = True
-    """reward_model: use the logits stored with the data replies (PRO's files) instead of rescoring them."""
+    """reward_model: use the logits stored with the train split's data replies (PRO's train file, scored
+    by the train/validation model) instead of rescoring them; validation and test are always rescored."""
     label: str | int | None = None
     """hf_classifier: the label whose probability is the reward (name or index)."""
     text_pair: str | None = None
@@ -78,7 +79,8 @@ def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: 
 
 
 class RewardFunction:
-    """reward_<name> per component and `reward` = their weighted sum, with every value checked."""
+    """reward_<name> per component and `reward` = their weighted sum, with every value checked; plus
+    `raw_reward` when a component squashes its score (see `raw_reward`)."""
 
     def __init__(self, configs: dict[str, RewardComponentConfig], assets: str | Path,
                  where: str = "params.yaml: rewards"):
@@ -112,26 +114,44 @@ class RewardFunction:
         """Score `rows`. `source` and `row_ids` only serve error messages (file and row).
 
         Rows are scored in blocks of BLOCK_ROWS in their given order, the blocks dealt to processes
-        (alol.shard): every process must call this with the same rows, and gets every score back."""
+        (alol.shard): every process must call this with the same rows, and gets every score back.
+        `raw_reward` (the weighted sum with each squashed component's raw value, e.g. a reward
+        model's logit) is added when a component has one."""
+        raws = [type(c).raw_and_score is not Component.raw_and_score for c in self.components.values()]
 
         def block(number: int, idx: list[int]) -> list[list[float]]:
-            part = rows.subset(idx)
-            scores = [np.asarray(c.score(part), dtype=np.float64) for c in self.components.values()]
-            return np.stack(scores, axis=1).tolist()
+            part, columns = rows.subset(idx), []
+            for component in self.components.values():
+                raw, score = component.raw_and_score(part)
+                columns += [np.asarray(score, dtype=np.float64),
+                            np.full(len(idx), np.nan) if raw is None else np.asarray(raw, dtype=np.float64)]
+            return np.stack(columns, axis=1).tolist()
 
         values = np.asarray(map_blocks(block, range(len(rows)), BLOCK_ROWS, description), dtype=np.float64)
-        values = values.reshape(len(rows), len(self.components))
+        values = values.reshape(len(rows), 2 * len(self.components))
         out = {}
         for column, name in enumerate(self.components):
-            bad = np.flatnonzero(~np.isfinite(values[:, column]))
+            bad = np.flatnonzero(~np.isfinite(values[:, 2 * column]))
             if bad.size:
                 row = int(bad[0])
                 rid = f" (prompt_id {row_ids[row]!r})" if row_ids else ""
-                raise AlolError(f"{self.where}.{name}: returned {values[row, column]} for row {row}{rid} of "
+                raise AlolError(f"{self.where}.{name}: returned {values[row, 2 * column]} for row {row}{rid} of "
                                 f"{source or 'the input'}; every reward must be a finite number ({bad.size} bad row(s)).")
-            out[f"reward_{name}"] = values[:, column]
+            out[f"reward_{name}"] = values[:, 2 * column]
         out["reward"] = sum(self.weights[n] * out[f"reward_{n}"] for n in self.components) if out else np.zeros(0)
+        if any(raws):
+            out["raw_reward"] = sum(self.weights[n] * values[:, 2 * i + 1 if raw else 2 * i]
+                                    for i, (n, raw) in enumerate(zip(self.components, raws)))
         return out
+
+
+def raw_reward(table) -> np.ndarray:
+    """PRO's reward scale (spec section 2: its temperature is a difference of RAW reward-model
+    scores): the weighted sum of each component's raw score, a reward model's logit rather than
+    its sigmoid. A task whose components squash nothing (the chit-chat default: every built-in is
+    a probability or a score in [0, 1] with no logit beneath) has no `raw_reward`: it is `reward`.
+    `table`: the scores of a RewardFunction call, or a table of its columns."""
+    return np.asarray(table["raw_reward"] if "raw_reward" in table else table["reward"], dtype=np.float64)
 
 
 def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:

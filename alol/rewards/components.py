@@ -63,6 +63,11 @@ class Component:
     def score(self, rows: RewardInputs) -> np.ndarray:
         raise NotImplementedError
 
+    def raw_and_score(self, rows: RewardInputs) -> tuple[np.ndarray | None, np.ndarray]:
+        """(raw, score): `raw` is what `score` squashes into its range (a reward model's logit), or
+        None when the score is itself raw. PRO's temperature reads the raw scores (spec section 2)."""
+        return None, self.score(rows)
+
 
 class Safety(Component):
     def __init__(self, assets: Path, batch_size: int = 256, dtype: str = "auto"):
@@ -243,7 +248,9 @@ class PythonFunction(Component):
 class DialogueRewardModel(Component):
     """sigmoid of a GPT-NeoX reward model's logit on (turns + reply), a separate model for test
     if given (the paper: pythia-1.4B for train/validation, 6.9B for test). With `use_stored_logits`
-    the data's own stored logits are used where present (PRO's files carry them)."""
+    the train split's stored logits are used where present (PRO's train file carries the 1.4B's):
+    only there, since validation and test must be scored by their own model (test: the 6.9B, so
+    that the gold replies and the policies' replies are scored alike)."""
 
     def __init__(self, model: str, test_model: str | None, max_tokens: int, use_stored_logits: bool, where: str,
                  batch_size: int = 8, dtype: str = "auto"):
@@ -263,8 +270,16 @@ class DialogueRewardModel(Component):
         return self.models[source]
 
     def score(self, rows: RewardInputs) -> np.ndarray:
-        if self.use_stored and rows.stored_logits is not None and np.all(np.isfinite(rows.stored_logits)):
-            logits = np.asarray(rows.stored_logits, dtype=np.float64)
+        return self.raw_and_score(rows)[1]
+
+    def raw_and_score(self, rows: RewardInputs) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.logits(rows)
+        return logits, 1.0 / (1.0 + np.exp(-logits))
+
+    def logits(self, rows: RewardInputs) -> np.ndarray:
+        stored = rows.stored_logits
+        if self.use_stored and rows.split == "train" and stored is not None and np.all(np.isfinite(stored)):
+            logits = np.asarray(stored, dtype=np.float64)
         else:
             if rows.turns is None:
                 raise AlolError(f"{self.where}: reward_model scores dialogues; these rows have no `turns` column.")
@@ -273,4 +288,4 @@ class DialogueRewardModel(Component):
             model = self._model(rows.split)
             logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(rows.turns, rows.completions)],
                                  self.batch_size)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return np.asarray(logits, dtype=np.float64)
