@@ -88,7 +88,7 @@ def select_plan(plans: pl.DataFrame, strategy: str) -> np.ndarray:
 
     chosen = plans.filter(pl.col("strategy") == strategy)
     if chosen.is_empty():
-        reason = ("no row has a positive advantage: check the value fit (results/estimate_value/metrics.json) "
+        reason = ("no row has a positive advantage: check the value fit (results/estimate_value/details.json) "
                   "and the reward scale" if "priority" in strategy and strategy != "reward_priority"
                   else "no row has a positive reward")
         raise AlolError(f"sampling_strategy {strategy!r} has no plan: {reason}; or use sampling_strategy: uniform.")

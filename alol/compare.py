@@ -116,12 +116,12 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     try:
         for algorithm in order:
             seconds = run_experiment(algorithm, root)
-            rows.append(table_row(algorithm, read(results / "evaluate" / "metrics.json"),
-                                  read(results / "finetune" / "metrics.json"), read(results / "plan.json"), seconds))
+            rows.append(table_row(algorithm, read(results / "evaluate" / "details.json"),
+                                  read(results / "finetune" / "summary.json"), read(results / "plan.json"), seconds))
     finally:  # `dvc exp run -S` rewrites params.yaml (comments, nulls, line wrapping): give the user's file back
         (root / "params.yaml").write_text(params_text)
         reattach(root, branch)
-    reference = read(results / "evaluate_reference" / "metrics.json")
+    reference = read(results / "evaluate_reference" / "details.json")
     rows.sort(key=lambda r: algorithms.index(r["algorithm"]))
     rows.insert(0, table_row("reference", reference, None, None, None))
     gold = {"algorithm": "gold (test replies)", "reward": reference["gold"]["reward"],

@@ -34,6 +34,9 @@ class EvaluateConfig:
     """Evaluate on the first this many test prompts (0: all)."""
     bootstrap_resamples: int = 4000
     """Resamples of the paired bootstrap behind each 95% confidence interval."""
+    kl_samples: int = 1
+    """Replies sampled (temperature 1) per test prompt for the KL(policy || reference) estimate, next to
+    the greedy replies that are scored (0: no KL)."""
     prompt_format: str | None = None
     """null: the table's prompt. hh / plain: re-render from the dialogue turns (HH), e.g. plain
     ('\nHuman: ...\nAssistant: ') for models trained on Anthropic's format such as PPO baselines."""
@@ -66,21 +69,28 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     scores = load_reward(params, assets, annotated)(
         reward_inputs(test, "test", completions=replies), source=f"{policy} test replies",
         row_ids=test["prompt_id"].to_list())
-    # log-probs of the replies (EOS included) under the policy and, for the KL estimate, the reference
+    # log-probs of the replies (EOS included) under the policy
     max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
     examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, max_reply)
     policy_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
-    del model
     generations = test.select("prompt_id", "prompt").with_columns(
         pl.Series("completion", replies), *(pl.Series(k, v, dtype=pl.Float64) for k, v in scores.items()),
         pl.Series("tokens", [len(e.completion_ids) for e in examples]),
         pl.Series("logp", [float(np.sum(t)) for t in policy_logps]))
     stats = {**reward_means(scores), **text_stats(replies, generations["tokens"].to_numpy())}
-    if reference is not None:
+    if reference is not None and cfg.kl_samples:  # KL(pi || pi_ref) needs replies sampled from pi
+        sampling = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, do_sample=True,
+                                    stop_strings=cfg.generation.stop_strings, batch_size=cfg.generation.batch_size)
+        sampled_prompts = prompts * cfg.kl_samples
+        samples, _ = generate(model, tokenizer, sampled_prompts, sampling, base.max_prompt_tokens, base.seed + 1,
+                              description="sampling for the KL")
+        sampled = encode(tokenizer, sampled_prompts, samples, base.max_prompt_tokens, max_reply)
+        sample_logps, _ = reference_pass(model, sampled, tokenizer.pad_token_id, want_states=False)
+    del model
+    if reference is not None and cfg.kl_samples:
         ref_model = load_frozen(reference, model_cfg)
-        ref_logps, _ = reference_pass(ref_model, examples, tokenizer.pad_token_id, want_states=False)
-        generations = generations.with_columns(pl.Series("ref_logp", [float(np.sum(t)) for t in ref_logps]))
-        stats.update(kl_estimate(policy_logps, ref_logps))
+        ref_logps, _ = reference_pass(ref_model, sampled, tokenizer.pad_token_id, want_states=False)
+        stats.update(kl_estimate(sample_logps, ref_logps))
     gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
     # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
     gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
@@ -101,6 +111,21 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
                                                     subset=True)["reward"]
             metrics["splits"][name] = entry
     return generations, metrics
+
+
+HEADLINE = ("reward", "gain", "gain_ci_low", "gain_ci_high", "win_rate", "kl", "distinct_2", "length_words")
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers `dvc exp show` carries per experiment (everything is in details.json): the
+    test reward, its paired gain over the reference with the 95% CI and win rate, the KL from the
+    reference, diversity and length. No timings: identical runs have identical metrics."""
+    generations = metrics["generations"]
+    gain = metrics.get("vs_baseline", {}).get("reward", {})
+    values = {"reward": generations["reward"], "gain": gain.get("gain"), "gain_ci_low": gain.get("ci_low"),
+              "gain_ci_high": gain.get("ci_high"), "win_rate": gain.get("win_rate"), "kl": generations.get("kl"),
+              "distinct_2": generations["distinct_2"], "length_words": generations["length_words"]}
+    return {k: values[k] for k in HEADLINE if values[k] is not None}
 
 
 def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int,

@@ -89,7 +89,7 @@ def preference_loss_fn(algorithm: str, cfg: FinetuneConfig, candidates: int):
             ref = (batch["ref_chosen_logp"], batch["ref_rejected_logp"]) if algorithm == "dpo" else (None, None)
             per_example = losses.dpo(seq[:, 0], seq[:, 1], *ref, beta=cfg.dpo_beta)
             margin = seq[:, 0] - seq[:, 1]
-            return per_example, {"rewards/margin": margin.mean().item(), "logps/chosen": seq[:, 0].mean().item(),
+            return per_example, {"logps/margin": margin.mean().item(), "logps/chosen": seq[:, 0].mean().item(),
                                  "logps/rejected": seq[:, 1].mean().item()}
         scores = seq / mask.sum(-1).view(-1, candidates)  # length-normalised
         rewards = torch.stack([batch[f"reward_{k}"] for k in range(candidates)], dim=1)  # raw scores (logits)

@@ -45,6 +45,28 @@ def write_json(data: object, path: str | Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_all(outputs: dict[str | Path, object]) -> None:
+    """Write a stage's outputs together: each to a temporary sibling first (a DataFrame as Parquet,
+    anything else as JSON), then all renamed into place. A failure in any write leaves none of them."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in outputs.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            staged.append((tmp, path))
+            if isinstance(data, pl.DataFrame):
+                data.write_parquet(tmp)
+            else:
+                tmp.write_text(json.dumps(data, indent=2) + "\n")
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
 def read_parquet(path: str | Path, required: list[str] = ()) -> pl.DataFrame:
     """Read a stage's input table, checking that the columns it needs are there."""
     from alol.errors import AlolError

@@ -1,7 +1,7 @@
 """Evaluation statistics of a set of replies, and the paired comparison of two policies.
 
 Everything here is a pure function of arrays and strings, so each number in
-`results/evaluate*/metrics.json` has a hand-worked test.
+`results/evaluate*/{metrics,details}.json` has a hand-worked test.
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def paired_comparison(policy: dict[str, np.ndarray], reference: dict[str, np.nda
 
 
 def kl_estimate(policy_token_logps: list[np.ndarray], reference_token_logps: list[np.ndarray]) -> dict[str, float]:
-    """Monte-Carlo KL(policy || reference) on the policy's own replies: the mean over replies of
-    sum_t [log pi(y_t) - log pi_ref(y_t)], and per token. With greedy decoding the replies are the
-    policy's modes, not samples: read it as the log-ratio on what the policy says, not an exact KL."""
-    diffs = [float(np.sum(p) - np.sum(r)) for p, r in zip(policy_token_logps, reference_token_logps)]
+    """Monte-Carlo KL(policy || reference) from replies SAMPLED from the policy: the mean over
+    replies of sum_t [log pi(y_t) - log pi_ref(y_t)] (unbiased; one reply can be negative, the
+    mean is >= 0 in expectation), its standard error, and per token."""
+    diffs = np.array([float(np.sum(p) - np.sum(r)) for p, r in zip(policy_token_logps, reference_token_logps)])
     tokens = sum(len(p) for p in policy_token_logps)
-    return {"kl": float(np.mean(diffs)) if diffs else 0.0, "kl_per_token": sum(diffs) / tokens if tokens else 0.0}
+    stderr = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    return {"kl": float(diffs.mean()) if len(diffs) else 0.0, "kl_stderr": stderr,
+            "kl_per_token": float(diffs.sum()) / tokens if tokens else 0.0}
 
 
 def reward_means(scores: dict[str, np.ndarray]) -> dict[str, float]:

@@ -25,7 +25,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
          reference: Path = typer.Argument(..., help="The reference policy folder."),
          value: Path = typer.Argument(..., help="The value head folder."),
          out: Path = typer.Argument(..., help="Folder for train.parquet with the reference columns."),
-         results: Path = typer.Argument(..., help="Folder for metrics.json and the advantage histogram."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json (positive fraction), details.json and the advantage histogram."),
          batch_size: int = typer.Option(16, help="Rows per reference forward pass."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base and model.")):
     import time
@@ -53,7 +53,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
                "advantage_std": float(advantage.std()), "value_mean": float(table["value"].mean()),
                "reward_mean": float(table["reward"].mean()), "rows": table.height,
                "reference_tokens_per_second": sum(e.length for e in examples) / seconds}
-    write_json(metrics, results / "metrics.json")
+    write_json(metrics, results / "details.json")
+    write_json({"positive_fraction": metrics["positive_fraction"]}, results / "metrics.json")  # rows A-LoL trains on
     print({k: round(v, 4) for k, v in metrics.items()})
 
 

@@ -11,7 +11,7 @@ from alol.annotate import STATE_FILE, annotate_splits, load_reward
 from alol.cli import stage
 from alol.device import is_main_process
 from alol.data.chitchat import SPLITS
-from alol.io import read_parquet, write_json, write_parquet
+from alol.io import read_parquet, write_all
 from alol.params import load_params
 
 
@@ -27,11 +27,9 @@ def main(clean: Path = typer.Argument(..., help="Folder with the clean {train,va
     tables, state, stats = annotate_splits(splits, reward, sources)
     if not is_main_process():
         return
-    # everything is computed before anything is written: a failure leaves no partial output
-    for name, frame in tables.items():
-        write_parquet(frame, out / f"{name}.parquet")
-    write_json(state, out / STATE_FILE)
-    write_json(stats, stats_path)
+    # everything is computed first, then written together: a failure leaves no partial output
+    write_all({**{out / f"{name}.parquet": frame for name, frame in tables.items()}, out / STATE_FILE: state,
+               stats_path: stats})
     print({name: {col: round(s["mean"], 3) for col, s in split.items()} for name, split in stats.items()})
 
 

@@ -28,7 +28,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
          assets: Path = typer.Argument(..., help="Output folder of the download stage."),
          reference: Path = typer.Argument(..., help="The reference policy folder."),
          out: Path = typer.Argument(..., help="Folder for the value head (safetensors + config.json)."),
-         results: Path = typer.Argument(..., help="Folder for metrics.json, the fit curve and the generations."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json (held-out R^2), details.json, the fit curve and the generations."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, rewards, estimate_value.")):
     import time
     import torch
@@ -60,7 +60,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     write_json(curve, results / "fit_curve.json")
     write_json({**quality, "mean_generated_reward": float(np.mean(scores["reward"])),
                 "generated_tokens_per_second": generated / generation_seconds,
-                "mean_generated_tokens": generated / len(replies)}, results / "metrics.json")
+                "mean_generated_tokens": generated / len(replies)}, results / "details.json")
+    write_json({"heldout_r2": quality["heldout_r2"]}, results / "metrics.json")  # the headline: how much V explains
     print({k: round(v, 4) for k, v in quality.items()}, "mean reward", round(float(np.mean(scores["reward"])), 4))
 
 

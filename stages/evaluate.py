@@ -12,8 +12,8 @@ import typer
 
 from alol.cli import stage
 from alol.device import is_main_process
-from alol.evaluate import EvaluateConfig, evaluate_policy
-from alol.io import read_parquet, write_json, write_parquet
+from alol.evaluate import EvaluateConfig, evaluate_policy, headline
+from alol.io import read_parquet, write_all
 from alol.params import BaseConfig, load_params, section
 from alol.plots import reward_distribution_plots
 
@@ -22,8 +22,10 @@ from alol.plots import reward_distribution_plots
 def main(policy: Path = typer.Argument(..., help="The policy folder (model or adapter) to evaluate."),
          annotated: Path = typer.Argument(..., help="Folder with the annotated test.parquet (and reward state)."),
          assets: Path = typer.Argument(..., help="Output folder of the download stage (reward models)."),
-         results: Path = typer.Argument(..., help="Folder for metrics.json, generations.parquet and plots."),
-         reference: Path = typer.Option(None, help="The reference policy: adds the KL estimate on the replies."),
+         results: Path = typer.Argument(..., help="Folder for metrics.json (headline), details.json, "
+                                                  "generations.parquet and plots."),
+         reference: Path = typer.Option(None, help="The reference policy: adds KL(policy || reference) on "
+                                                   "sampled replies."),
          baseline: Path = typer.Option(None, help="Another evaluation's generations.parquet: adds the paired "
                                                   "comparison (gain with 95% CI, win rate)."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, rewards, evaluate.")):
@@ -34,8 +36,8 @@ def main(policy: Path = typer.Argument(..., help="The policy folder (model or ad
     generations, metrics = evaluate_policy(p, base, cfg, policy, test, annotated, assets, reference, baseline_frame)
     if not is_main_process():
         return
-    write_parquet(generations, results / "generations.parquet")
-    write_json(metrics, results / "metrics.json")
+    write_all({results / "generations.parquet": generations, results / "details.json": metrics,
+               results / "metrics.json": headline(metrics)})
     reward_distribution_plots(generations, test, baseline_frame, results)
     shown = {k: round(v, 4) for k, v in metrics["generations"].items() if k.startswith("reward") or k == "kl"}
     print("generations:", shown)

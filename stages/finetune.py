@@ -33,7 +33,7 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
          plans: Path = typer.Argument(..., help="The plan stage's Parquet."),
          reference: Path = typer.Argument(..., help="The reference policy folder (training starts from it)."),
          out: Path = typer.Argument(..., help="Folder for the fine-tuned policy (model or adapter)."),
-         results: Path = typer.Argument(..., help="Folder for metrics.json and the DVCLive curves."),
+         results: Path = typer.Argument(..., help="Folder for summary.json and the DVCLive curves."),
          pairs: Path = typer.Option(None, help="The sample stage's preference pairs (dpo, dpo_ref_free, pro)."),
          annotated: Path = typer.Option(None, help="Folder with validation.parquet (periodic validation)."),
          assets: Path = typer.Option(None, help="The download stage's folder (reward models for validation)."),
@@ -89,7 +89,7 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
             save_policy(model, tokenizer, tmp)
         checkpoint.remove()
         write_json({"algorithm": algorithm, "sampling_strategy": strategy, **summarize(live.history)},
-                   results / "metrics.json")
+                   results / "summary.json")
 
 if __name__ == "__main__":
     typer.run(main)

@@ -23,7 +23,7 @@ from alol.train import Checkpoint, folder_digest, run_fingerprint, summarize, tr
 def main(annotated: Path = typer.Argument(..., help="Folder with the annotated train.parquet."),
          assets: Path = typer.Argument(..., help="Output folder of the download stage (the base policy)."),
          out: Path = typer.Argument(..., help="Folder for the reference policy (model or adapter)."),
-         results: Path = typer.Argument(..., help="Folder for metrics.json and the DVCLive curves."),
+         results: Path = typer.Argument(..., help="Folder for summary.json and the DVCLive curves."),
          checkpoint_dir: Path = typer.Option(None, help="Resumable checkpoints (kept outside DVC outputs)."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, train_reference.")):
     p = load_params(params)
@@ -43,7 +43,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
             else:
                 save_policy(load_frozen(cfg.source, model_cfg), load_tokenizer(cfg.source), tmp)
         LiveLog(results / "live").close()  # no curves, but the stage's declared output exists
-        write_json({"source": cfg.source, "steps": 0}, results / "metrics.json")
+        write_json({"source": cfg.source, "steps": 0}, results / "summary.json")
         return
     import torch
 
@@ -63,7 +63,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         with atomic_path(out) as tmp:
             save_policy(model, tokenizer, tmp)
         checkpoint.remove()
-        write_json(summarize(live.history), results / "metrics.json")
+        write_json(summarize(live.history), results / "summary.json")
 
 if __name__ == "__main__":
     typer.run(main)

@@ -155,3 +155,16 @@ def test_stored_logits_score_the_train_split_only(monkeypatch):
         rows = RewardInputs(["p"], ["r"], ["c"], turns=[["<|prompter|>hi", "<|assistant|>"]], stored_logits=[3.0],
                             split=split)
         assert component.score(rows)[0] == pytest.approx(1 / (1 + math.exp(-logit))), split
+
+
+def test_a_failure_after_the_first_write_leaves_no_output(tmp_path):
+    """write_all stages every output first: the table written before the failing JSON must not appear."""
+    from alol.io import write_all
+
+    table = pl.DataFrame({"a": [1, 2]})
+    with pytest.raises(TypeError):
+        write_all({tmp_path / "out" / "train.parquet": table, tmp_path / "stats.json": {"not json": object()}})
+    assert list(tmp_path.rglob("*")) == [tmp_path / "out"]  # the folder only: no table, no temporary
+    write_all({tmp_path / "out" / "train.parquet": table, tmp_path / "stats.json": {"rows": 2}})
+    assert pl.read_parquet(tmp_path / "out" / "train.parquet").equals(table)
+    assert json.loads((tmp_path / "stats.json").read_text()) == {"rows": 2}

@@ -27,7 +27,7 @@ def repo(tmp_path):
         subprocess.run(cmd, cwd=tmp_path, check=True)
     results = tmp_path / "results"
     write_json({"generations": generations(2.0), "gold": {**generations(2.5), "kl": None}},
-               results / "evaluate_reference" / "metrics.json")
+               results / "evaluate_reference" / "details.json")
     write_json({"positive_fraction": 0.625}, results / "plan.json")
     return tmp_path
 
@@ -41,9 +41,9 @@ def fake_experiment(root, gains):
         write_json({"generations": generations(2.0 + gain),
                     "vs_baseline": {"reward": {"gain": gain, "ci_low": gain - 0.125, "ci_high": gain + 0.125,
                                                "win_rate": 0.5 + gain}}},
-                   root / "results" / "evaluate" / "metrics.json")
+                   root / "results" / "evaluate" / "details.json")
         write_json({"sampling_strategy": "good_priority" if algorithm.startswith("a_lol") else "uniform",
-                    "steps": 13, "train_seconds": 60.0}, root / "results" / "finetune" / "metrics.json")
+                    "steps": 13, "train_seconds": 60.0}, root / "results" / "finetune" / "summary.json")
         (root / "params.yaml").write_text(f"algorithm: {algorithm}\n")
         subprocess.run(["git", "checkout", "-q", "--detach"], cwd=root, check=True)
         return 70.0

@@ -107,10 +107,11 @@ def test_two_process_evaluate_writes_what_one_writes(workdir):
     one, two = (pl.read_parquet(workdir / f"eval-{n}" / "generations.parquet") for n in (1, 2))
     assert one.height == 12 and one["completion"].str.len_chars().sum() > 0
     assert one.equals(two)
-    metrics = [json.loads((workdir / f"eval-{n}" / "metrics.json").read_text()) for n in (1, 2)]
-    for m in metrics:
+    details = [json.loads((workdir / f"eval-{n}" / "details.json").read_text()) for n in (1, 2)]
+    for m in details:
         m.pop("generated_tokens_per_second")
-    assert metrics[0] == metrics[1]
+    assert details[0] == details[1] and details[0]["generations"]["kl"] > -1e9
+    assert (workdir / "eval-1" / "metrics.json").read_text() == (workdir / "eval-2" / "metrics.json").read_text()
 
 
 def test_train_reference_resumes_after_sigkill(workdir):

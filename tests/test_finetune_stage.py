@@ -156,7 +156,7 @@ def test_two_processes_match_one_with_doubled_accumulation(workdir):
     loss_one, loss_two = np.array(curve("one", "loss")), np.array(curve("two", "loss"))
     np.testing.assert_allclose(loss_one, loss_two, rtol=1e-5)  # logged: the mean over all 4 rows, not one share
     assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".")) == []  # no stray temporaries
-    assert json.loads((workdir / "results-two" / "metrics.json").read_text())["steps"] == 4
+    assert json.loads((workdir / "results-two" / "summary.json").read_text())["steps"] == 4
 
 
 def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):

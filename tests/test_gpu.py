@@ -155,7 +155,7 @@ def test_tiny_default_pipeline_runs_every_stage_on_the_gpu(tmp_path_factory):
     print("\n[gpu] models placed:", sorted({(role, dtype) for role, _, dtype in placed}))
     for line in re.findall(r"done in .*peak GPU memory.*", output):
         print("[gpu] stage", line)
-    finetune = json.loads((root / "results" / "finetune" / "metrics.json").read_text())
-    evaluate = json.loads((root / "results" / "evaluate" / "metrics.json").read_text())
+    finetune = json.loads((root / "results" / "finetune" / "summary.json").read_text())
+    evaluate = json.loads((root / "results" / "evaluate" / "details.json").read_text())
     print(f"[gpu] finetune {finetune['tokens_per_second']:.0f} tokens/s, evaluate generation "
           f"{evaluate['generated_tokens_per_second']:.0f} tokens/s")

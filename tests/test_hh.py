@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -182,6 +183,7 @@ def test_hh_pipeline_end_to_end_on_tiny_models(tmp_path):
     adapter = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     adapter.save_pretrained(models / "sft-adapter")  # like timdettmers/qlora-hh-rlhf-7b: no tokenizer inside
     rm = build_tiny_reward_model(models / "rm")
+    rm_test = build_tiny_reward_model(models / "rm-test", seed=1)  # the paper's separate (6.9B) test reward model
     counts = pro_folder(tmp_path / "pro" / "data")
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -198,12 +200,12 @@ def test_hh_pipeline_end_to_end_on_tiny_models(tmp_path):
     deep_update(params, {
         "base": {"max_prompt_tokens": 96, "max_completion_tokens": 16},
         "download": {"source": str(archive)},
-        "rewards": {"oasst": {"model": str(rm), "test_model": str(rm)}},
+        "rewards": {"oasst": {"model": str(rm), "test_model": str(rm_test)}},
         "model": {"dtype": "float32", "gradient_checkpointing": False},
         "train_reference": {"source": str(models / "sft-adapter")},
         "estimate_value": {"generation": {"max_new_tokens": 4}, "epochs": 2},
         "plan": {"steps": 2},
-        "finetune": {"train": {"batch_size": 4, "micro_batch_size": 2, "eval_every": 0, "checkpoint_every": 0},
+        "finetune": {"train": {"batch_size": 4, "micro_batch_size": 2, "eval_every": 1, "checkpoint_every": 1},
                      "validation_generation": {"max_new_tokens": 4}},
         "evaluate": {"generation": {"max_new_tokens": 4}, "bootstrap_resamples": 100},
     })
@@ -230,11 +232,24 @@ def test_hh_pipeline_end_to_end_on_tiny_models(tmp_path):
     assert advantages.height == 2 * train.height and set(advantages["candidate"]) == {0, 1}
     pairs = pl.read_parquet(hh / "data" / "pairs.parquet")
     assert pairs.height > 0
-    assert (REPO / "pipelines" / "hh" / "params.yaml").exists()
     assert json.loads((hh / "models" / "policy" / "adapter_config.json").read_text())["r"] == 4  # the SFT adapter, continued
-    metrics = json.loads((hh / "results" / "evaluate" / "metrics.json").read_text())
+    # validation ran (the start and every step), checkpoints were written and removed after the run
+    validation = (hh / "results" / "finetune" / "live" / "plots" / "metrics" / "validation" / "reward.tsv")
+    assert len(validation.read_text().splitlines()) >= 3 and not (hh / "data" / "checkpoints" / "finetune").exists()
+    # the test split's data replies are scored by the test reward model, like the policies' replies
+    from alol.data.hh import reward_model_text
+    from alol.rewards.reward_model import RewardModel
+
+    test = pl.read_parquet(hh / "data" / "annotated" / "test.parquet")
+    scorer = RewardModel(str(rm_test))
+    logits = scorer.score([reward_model_text(t, c, scorer.eos) for t, c in zip(test["turns"], test["completion"])])
+    assert test["reward"].to_numpy() == pytest.approx(1 / (1 + np.exp(-logits)), abs=1e-6)
+    metrics = json.loads((hh / "results" / "evaluate" / "details.json").read_text())
     assert set(metrics["splits"]) == set(TESTS)
+    paired = pl.read_parquet(hh / "results" / "evaluate" / "generations.parquet").join(
+        pl.read_parquet(hh / "results" / "evaluate_reference" / "generations.parquet"), on="prompt_id")
     for name in TESTS:
         split = metrics["splits"][name]
         assert split["rows"] == counts[name] and 0 <= split["reward"] <= 1
-        assert split["vs_baseline"]["ci_low"] <= split["vs_baseline"]["gain"] <= split["vs_baseline"]["ci_high"]
+        part = paired.filter(pl.col("split_name") == name)
+        assert split["vs_baseline"]["gain"] == pytest.approx((part["reward"] - part["reward_right"]).mean())

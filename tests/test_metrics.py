@@ -56,7 +56,8 @@ def test_paired_comparison_pairs_by_position():
     out = paired_comparison(policy, reference)["reward"]
     assert out["gain"] == pytest.approx((0 + 1 + 2) / 3)
     assert out["win_rate"] == pytest.approx((0.5 + 1 + 1) / 3)
-    assert out["ci_low"] <= out["gain"] <= out["ci_high"]
+    # the CI is the bootstrap of the per-prompt differences (0, 1, 2), not of each side apart
+    assert (out["ci_low"], out["ci_high"]) == bootstrap_ci(np.array([0.0, 1.0, 2.0]), resamples=4000, seed=0)
 
 
 def test_kl_estimate_by_hand():
@@ -66,5 +67,6 @@ def test_kl_estimate_by_hand():
     out = kl_estimate(policy, reference)
     assert out["kl"] == pytest.approx((1.0 - 1.0) / 2)
     assert out["kl_per_token"] == pytest.approx(0.0 / 3)
+    assert out["kl_stderr"] == pytest.approx(np.sqrt(((1 - 0) ** 2 + (-1 - 0) ** 2) / (2 - 1)) / np.sqrt(2))  # = 1
     out = kl_estimate(policy[:1], reference[:1])
     assert out["kl"] == pytest.approx(1.0) and out["kl_per_token"] == pytest.approx(0.5)

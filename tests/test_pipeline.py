@@ -52,22 +52,31 @@ def test_metrics_written(tiny_pipeline):
 
 def test_evaluation_outputs(tiny_pipeline):
     results = tiny_pipeline / "results"
-    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
-    assert metrics["rows"] == 16
+    details = json.loads((results / "evaluate" / "details.json").read_text())
+    assert details["rows"] == 16
     for part in ("generations", "gold"):
         for key in ("reward", "reward_safety", "reward_positivity", "reward_relevance", "reward_diversity",
                     "distinct_1", "distinct_2", "distinct_3", "length_words", "length_tokens"):
-            assert np.isfinite(metrics[part][key]), (part, key)
-    assert np.isfinite(metrics["generations"]["kl"])
-    gain = metrics["vs_baseline"]["reward"]
-    assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"] and 0 <= gain["win_rate"] <= 1
-    reference = json.loads((results / "evaluate_reference" / "metrics.json").read_text())
-    assert "vs_baseline" not in reference and reference["gold"] == metrics["gold"]
+            assert np.isfinite(details[part][key]), (part, key)
+    assert np.isfinite(details["generations"]["kl"]) and details["generations"]["kl_stderr"] > 0
+    reference = json.loads((results / "evaluate_reference" / "details.json").read_text())
+    assert "vs_baseline" not in reference and "kl" not in reference["generations"]
+    assert reference["gold"] == details["gold"]
     generations = pl.read_parquet(results / "evaluate" / "generations.parquet")
-    assert generations.height == 16 and {"prompt_id", "prompt", "completion", "reward", "logp", "ref_logp"} <= set(
+    assert generations.height == 16 and {"prompt_id", "prompt", "completion", "reward", "logp"} <= set(
         generations.columns)
-    # the mean of the table is the metric: nothing is computed twice in two ways
-    assert generations["reward"].mean() == pytest.approx(metrics["generations"]["reward"])
+    # the means of the tables are the metrics: nothing is computed twice in two ways
+    assert generations["reward"].mean() == pytest.approx(details["generations"]["reward"])
+    paired = generations.join(pl.read_parquet(results / "evaluate_reference" / "generations.parquet"), on="prompt_id")
+    gain = details["vs_baseline"]["reward"]
+    assert gain["gain"] == pytest.approx((paired["reward"] - paired["reward_right"]).mean())
+    assert gain["win_rate"] == pytest.approx(((paired["reward"] > paired["reward_right"]).mean()
+                                              + 0.5 * (paired["reward"] == paired["reward_right"]).mean()))
+    headline = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert headline == {"reward": details["generations"]["reward"], "gain": gain["gain"], "gain_ci_low": gain["ci_low"],
+                        "gain_ci_high": gain["ci_high"], "win_rate": gain["win_rate"],
+                        "kl": details["generations"]["kl"], "distinct_2": details["generations"]["distinct_2"],
+                        "length_words": details["generations"]["length_words"]}
     png = results / "evaluate" / "reward_distribution.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +86,11 @@ def test_dvc_shows_metrics_and_plots(tiny_pipeline):
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=tiny_pipeline,
                            capture_output=True, text=True, env=env)
     assert shown.returncode == 0, shown.stderr
-    assert "results/evaluate/metrics.json" in shown.stdout
+    files = json.loads(shown.stdout)["workspace"]["data"]
+    columns = {f"{name}:{key}" for name, entry in files.items() for key in entry["data"]}
+    assert columns == {"results/evaluate/metrics.json:" + k for k in ("reward", "gain", "gain_ci_low", "gain_ci_high",
+                                                                      "win_rate", "kl", "distinct_2", "length_words")
+                       } | {"results/estimate_value/metrics.json:heldout_r2", "results/advantages/metrics.json:positive_fraction"}
     # `dvc.yaml` names this pipeline's plots: a bare `dvc plots show` also collects pipelines/hh's, unrun here
     plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "dvc.yaml", "-o", "plots_html"],
                            cwd=tiny_pipeline, capture_output=True, text=True, env=env)
@@ -106,5 +119,5 @@ def test_experiment_with_another_algorithm_reruns_only_finetune_onwards(tiny_pip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = sorted(line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage"))
     assert ran == ["evaluate", "finetune"], proc.stdout
-    metrics = json.loads((tiny_pipeline / "results" / "finetune" / "metrics.json").read_text())
-    assert metrics["algorithm"] == "nll"
+    summary = json.loads((tiny_pipeline / "results" / "finetune" / "summary.json").read_text())
+    assert summary["algorithm"] == "nll"
