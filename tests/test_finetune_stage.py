@@ -139,7 +139,7 @@ def test_two_processes_match_one_with_doubled_accumulation(workdir):
     """batch_size 4 = micro 1 x accumulation 4 (1 process) = micro 1 x accumulation 2 x 2 processes,
     under a linear schedule: same weights, same learning rate at every step, one set of outputs."""
     write_params(workdir, algorithm="a_lol", train={"learning_rate": 1.0e-3, "batch_size": 4, "micro_batch_size": 1,
-                                                    "weight_decay": 0.0, "lr_schedule": "linear"})
+                                                    "weight_decay": 0.0, "lr_schedule": "linear", "adam_eps": 1.0e-6})
     one = run_stage("finetune.py", *finetune_args(workdir, "one"), cwd=workdir, check=True, processes=1)
     two = run_stage("finetune.py", *finetune_args(workdir, "two"), cwd=workdir, check=True, processes=2)
     assert "on 2 processes" in " ".join(two.stderr.split()) and "on 2 processes" not in one.stderr
