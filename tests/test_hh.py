@@ -242,7 +242,8 @@ def test_hh_pipeline_end_to_end_on_tiny_models(tmp_path):
 
     test = pl.read_parquet(hh / "data" / "annotated" / "test.parquet")
     scorer = RewardModel(str(rm_test))
-    logits = scorer.score([reward_model_text(t, c, scorer.eos) for t, c in zip(test["turns"], test["completion"])])
+    logits = scorer.score([reward_model_text(t, c, scorer.eos) for t, c in zip(test["turns"].to_list(),
+                                                                               test["completion"].to_list())])
     assert test["reward"].to_numpy() == pytest.approx(1 / (1 + np.exp(-logits)), abs=1e-6)
     metrics = json.loads((hh / "results" / "evaluate" / "details.json").read_text())
     assert set(metrics["splits"]) == set(TESTS)

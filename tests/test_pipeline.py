@@ -86,7 +86,7 @@ def test_dvc_shows_metrics_and_plots(tiny_pipeline):
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=tiny_pipeline,
                            capture_output=True, text=True, env=env)
     assert shown.returncode == 0, shown.stderr
-    files = json.loads(shown.stdout)["workspace"]["data"]
+    files = next(iter(json.loads(shown.stdout).values()))["data"]  # the workspace's entry
     columns = {f"{name}:{key}" for name, entry in files.items() for key in entry["data"]}
     assert columns == {"results/evaluate/metrics.json:" + k for k in ("reward", "gain", "gain_ci_low", "gain_ci_high",
                                                                       "win_rate", "kl", "distinct_2", "length_words")
