@@ -7,7 +7,10 @@ Built-ins (each in [0, 1]):
   diversity   the A-LoL reference's tf-idf score; the vectorizer is fit on train completions
 Generic:
   reward_model   sigmoid(logit) of an OASST-style GPT-NeoX reward model on the dialogue (HH)
-  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder)
+  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder); text_pair
+                 knowledge: FaithCritic's (knowledge, reply) pair
+  dialogrpt      sigmoid of a DialogRPT (GPT-2 sequence classifier) logit on `turn<eos>...turn<eos>reply`
+  comet_critic   the COMET critic (comet.py): P(valid) of an ATOMIC (head, relation, tail) triple
   python         `module:function(prompts, completions) -> list[float]`
 """
 
@@ -38,6 +41,10 @@ class RewardInputs:
     """Reward-model logits stored with the data for these very completions (HH), if any."""
     split: str | None = None
     """train / validation / test: a component may score the test split with another model."""
+    knowledge: list[str] | None = None
+    """The passage a knowledge-grounded reply should be faithful to (WoW / FaithDial), if the task has one."""
+    stored_scores: list[float] | None = None
+    """A score stored with the data for these very completions (COMET: ATOMIC-10x's p_valid_model), if any."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -45,7 +52,7 @@ class RewardInputs:
     def subset(self, rows: list[int]) -> "RewardInputs":
         pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
         return RewardInputs(pick(self.prompts), pick(self.completions), pick(self.contexts), pick(self.turns),
-                            pick(self.stored_logits), self.split)
+                            pick(self.stored_logits), self.split, pick(self.knowledge), pick(self.stored_scores))
 
 
 class Component:
@@ -175,8 +182,8 @@ class HFClassifier(Component):
                  batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if text_pair not in (None, "context", "prompt"):
-            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context' or 'prompt'.")
+        if text_pair not in (None, "context", "prompt", "knowledge"):
+            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context', 'prompt' or 'knowledge'.")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -205,7 +212,10 @@ class HFClassifier(Component):
 
     @torch.inference_mode()
     def score(self, rows: RewardInputs) -> np.ndarray:
-        pairs = {"context": rows.contexts, "prompt": rows.prompts, None: None}[self.text_pair]
+        pairs = {"context": rows.contexts, "prompt": rows.prompts, "knowledge": rows.knowledge,
+                 None: None}[self.text_pair]
+        if self.text_pair == "knowledge" and pairs is None:
+            raise AlolError("an hf_classifier with text_pair: knowledge needs a `knowledge` column (the wow task).")
         out = []
         for i in range(0, len(rows), self.batch_size):
             texts = [rows.completions[i:i + self.batch_size]]
@@ -289,3 +299,52 @@ class DialogueRewardModel(Component):
             logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(rows.turns, rows.completions)],
                                  self.batch_size)
         return np.asarray(logits, dtype=np.float64)
+
+
+class DialogRPT(Component):
+    """sigmoid of a DialogRPT logit (microsoft/DialogRPT-depth, -updown: GPT2ForSequenceClassification,
+    one logit) on the dialogue `turn<eos>turn<eos>...turn<eos>reply`, <eos> its tokenizer's EOS, read at
+    the reply's last token, left-truncated to `max_tokens` (the reply is kept). The authors' input for
+    WoW: the prompt's history after the knowledge (it ends with EOS) + the reply; turns = that history."""
+
+    def __init__(self, model: str, where: str, max_tokens: int = 1024, batch_size: int = 16, dtype: str = "auto"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not model:
+            raise AlolError(f"{where}.model: dialogrpt needs a model (hub id or folder, e.g. microsoft/DialogRPT-depth).")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs(reward_dtype(dtype)))
+        except (OSError, ValueError) as err:
+            raise AlolError(f"{where}.model: could not load {model!r} as a sequence classifier: {err}") from None
+        if self.model.config.num_labels != 1 or not hasattr(self.model, "score"):
+            raise AlolError(f"{where}.model: {model} is not a one-logit GPT-2-style classifier (DialogRPT).")
+        self.model = place(self.model.eval(), f"DialogRPT {model}")
+        self.where, self.max_tokens, self.batch_size = where, max_tokens, batch_size
+
+    def text(self, turns: list[str], reply: str) -> str:
+        eos = self.tokenizer.eos_token
+        return "".join(t + eos for t in turns) + reply
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return self.raw_and_score(rows)[1]
+
+    @torch.inference_mode()
+    def raw_and_score(self, rows: RewardInputs) -> tuple[np.ndarray, np.ndarray]:
+        if rows.turns is None:
+            raise AlolError(f"{self.where}: dialogrpt reads the dialogue history; these rows have no `turns` column.")
+        ids = [self.tokenizer(self.text(t, c), add_special_tokens=False)["input_ids"][-self.max_tokens:] or
+               [self.tokenizer.eos_token_id] for t, c in zip(rows.turns, rows.completions)]
+        logits = np.zeros(len(ids))
+        device = self.model.device
+        for start in range(0, len(ids), self.batch_size):
+            part = ids[start:start + self.batch_size]
+            width = max(len(x) for x in part)
+            input_ids = torch.zeros((len(part), width), dtype=torch.long)
+            mask = torch.zeros((len(part), width), dtype=torch.long)
+            for row, x in enumerate(part):  # right padding: the last real token is at len - 1
+                input_ids[row, :len(x)], mask[row, :len(x)] = torch.tensor(x), 1
+            out = self.model.base_model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+            last = out.last_hidden_state[torch.arange(len(part), device=device), mask.sum(1).to(device) - 1]
+            logits[start:start + len(part)] = self.model.score(last)[:, 0].float().cpu().numpy()
+        return logits, 1.0 / (1.0 + np.exp(-logits))
