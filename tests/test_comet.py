@@ -39,6 +39,8 @@ TRIPLES = [  # ATOMIC10X.jsonl lines (head, relation, tail, split, rec_*, p_vali
     ("PersonX runs a marathon", "xAttr", "athletic", "val", 0.94),
     ("PersonX paints the fence", "xIntent", "to make it look nice", "val", 0.87),
     ("PersonX paints the fence", "xNeed", "to buy paint", "val", 0.86),
+    ("PersonX walks the dog", "xEffect", "gets some exercise", "val", 0.90),
+    ("PersonX sings a song", "xReact", "happy", "val", 0.84),
     ("PersonX reads a book", "xEffect", "learns something", "test", 0.78),
     ("PersonX reads a book", "xReact", "entertained", "test", 0.89),
     ("PersonX calls PersonY", "xWant", "to talk", "test", 0.92),
@@ -57,7 +59,7 @@ def atomic10x_file(path: Path) -> Path:
 def test_atomic10x_reader_keeps_the_seven_relations(tmp_path):
     raw, skipped = read_atomic10x(atomic10x_file(tmp_path / "ATOMIC10X.jsonl"))
     assert skipped == {"other_relation": 1}
-    assert [len(raw[s]) for s in ("train", "validation", "test")] == [7, 4, 3]
+    assert [len(raw[s]) for s in ("train", "validation", "test")] == [7, 6, 3]
     assert raw["train"][0] == {"head": "PersonX goes to the mall", "relation": "xWant", "tail": "to buy clothes",
                                "stored_score": 0.93}
     frames, stats = build_comet_splits(tmp_path, CometCleanConfig(), 901)
@@ -169,12 +171,16 @@ def build_keras_critic(folder: Path, seed: int = 0):
     return path, roberta, dense
 
 
-def numpy_critic(pooled: np.ndarray, dense: dict) -> np.ndarray:
-    """sigmoid(Dense1(GELU(Dense0(pooled)))) with the exact (erf) GELU, from the Keras arrays."""
+def numpy_logit(pooled: np.ndarray, dense: dict) -> np.ndarray:
+    """Dense1(GELU(Dense0(pooled))) with the exact (erf) GELU, from the Keras arrays."""
     h = pooled @ dense["dense/kernel:0"] + dense["dense/bias:0"]
     h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
-    z = h @ dense["dense_1/kernel:0"] + dense["dense_1/bias:0"]
-    return 1 / (1 + np.exp(-z[:, 0]))
+    return (h @ dense["dense_1/kernel:0"] + dense["dense_1/bias:0"])[:, 0]
+
+
+def numpy_critic(pooled: np.ndarray, dense: dict) -> np.ndarray:
+    """The critic's probability: sigmoid of numpy_logit."""
+    return 1 / (1 + np.exp(-numpy_logit(pooled, dense)))
 
 
 def test_keras_critic_converts_and_scores_like_numpy(tmp_path):
@@ -190,8 +196,11 @@ def test_keras_critic_converts_and_scores_like_numpy(tmp_path):
               padding=True, return_tensors="pt")
     with torch.no_grad():
         pooled = roberta(**enc).pooler_output.numpy().astype(np.float64)
-        probs = torch.sigmoid(critic(**enc)).numpy()
-    assert probs == pytest.approx(numpy_critic(pooled, dense), abs=1e-5)
+        logits = critic(**enc).numpy()
+    probs = 1 / (1 + np.exp(-logits))
+    # logits, not probabilities: the tanh-approximate GELU moves these by ~1e-4, a probability by ~1e-5
+    assert logits == pytest.approx(numpy_logit(pooled, dense), abs=1e-5)
+    assert probs == pytest.approx(numpy_critic(pooled, dense), abs=1e-6)
     assert abs(probs[0] - probs[1]) > 1e-3  # a real spread, not a saturated head
     # a file that does not fit the config is refused
     import h5py
@@ -277,7 +286,7 @@ def test_comet_pipeline_end_to_end_on_tiny_models(tmp_path):
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
 
     clean = json.loads((task / "results" / "clean" / "stats.json").read_text())
-    assert clean["rows"] == {"train": 7, "validation": 4, "test": 3} and clean["dropped"] == {"other_relation": 1}
+    assert clean["rows"] == {"train": 7, "validation": 6, "test": 3} and clean["dropped"] == {"other_relation": 1}
     train = pl.read_parquet(task / "data" / "annotated" / "train.parquet")
     assert train["reward"].to_list() == [p for _, r, _, s, p in TRIPLES if s == "train" and r != "oReact"]
     test = pl.read_parquet(task / "data" / "annotated" / "test.parquet")
