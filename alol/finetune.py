@@ -32,6 +32,9 @@ class FinetuneConfig:
     """Optimiser, schedule and batching (train.eval_every turns periodic validation on)."""
     validation_rows: int = 64
     """Validation prompts scored at each evaluation (with train.eval_every > 0)."""
+    validation_metric: str = "reward"
+    """The mean validation column that picks the best weights: `reward` (the weighted sum) or one
+    component's `reward_<name>` (the paper: FaithCritic's for wow and faithdial_wow, the critic's for comet)."""
     validation_generation: GenerationConfig = dataclasses.field(
         default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """Decoding of the validation replies."""
@@ -130,7 +133,7 @@ def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tok
 
 
 def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_prompt_tokens: int, seed: int):
-    """validate(model) -> mean task reward of its replies to the first `validation_rows` prompts."""
+    """validate(model) -> mean `validation_metric` of its replies to the first `validation_rows` prompts."""
     import numpy as np
     import polars as pl
 
@@ -138,12 +141,15 @@ def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_promp
     from alol.generate import generate
 
     frame = validation.head(cfg.validation_rows)
+    if cfg.validation_metric not in reward.columns:
+        raise AlolError(f"finetune.validation_metric {cfg.validation_metric!r} is not a reward column; valid: "
+                        f"{', '.join(reward.columns)}.")
 
     def validate(model) -> float:
         replies, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.validation_generation,
                               max_prompt_tokens, seed)
         scores = reward(reward_inputs(frame, "validation", completions=replies), source="validation replies",
                         row_ids=frame["prompt_id"].to_list())
-        return float(np.mean(scores["reward"]))
+        return float(np.mean(scores[cfg.validation_metric]))
 
     return validate

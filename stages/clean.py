@@ -35,6 +35,20 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
         splits, stats, replies = clean_reddit(load_reddit(assets / "reddit"), tokenizer,
                                               section(p, "clean", RedditCleanConfig))
         write_parquet(replies, out / "train_replies.parquet")
+    elif p["task"] == "wow":  # WoW / FaithDial (clean.dataset picks the paper's task)
+        from transformers import AutoTokenizer
+
+        from alol.data.wow import WowCleanConfig, build_wow_splits, load_examples
+
+        cfg = section(p, "clean", WowCleanConfig)
+        tokenizer = AutoTokenizer.from_pretrained(assets / "policy")  # the prompts fit the policy's tokens
+        splits, stats = build_wow_splits(load_examples(assets / "wow", cfg.dataset), tokenizer, cfg,
+                                         section(p, "base", BaseConfig).seed)
+    elif p["task"] == "comet":
+        from alol.data.comet import CometCleanConfig, build_comet_splits
+
+        splits, stats = build_comet_splits(assets / "comet", section(p, "clean", CometCleanConfig),
+                                           section(p, "base", BaseConfig).seed)
     else:
         from transformers import AutoTokenizer
 

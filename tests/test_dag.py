@@ -142,6 +142,11 @@ ALLOWED = {
         "outs": {"clean": {"data/clean/train_replies.parquet"}},
     },
 }
+# WoW / FaithDial and COMET: the reward models are hub ids / folders used in place (no reward assets
+# from data/assets, unlike the root's toxicity and MiniLM), and clean reads the task's own data.
+_REWARD_STAGES = {"clean", "annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate"}
+for _task in ("wow", "faithdial", "faithdial_wow", "comet"):
+    ALLOWED[_task] = {"data_deps": _REWARD_STAGES, "code_deps": {}, "params": {}}
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES[1:], ids=lambda p: p.parent.name)

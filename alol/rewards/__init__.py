@@ -20,7 +20,7 @@ from alol.rewards.components import (Component, DialogRPT, DialogueRewardModel, 
 
 BLOCK_ROWS = 256  # rows per scoring call of every component (the unit dealt to processes)
 BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "harper_fluency", "reward_model", "hf_classifier",
-                 "dialog_rpt", "toxichat", "python")
+                 "dialog_rpt", "toxichat", "comet_critic", "python")
 
 
 @dataclasses.dataclass
@@ -29,25 +29,28 @@ class RewardComponentConfig:
 
     type: str | None = None
     """One of safety, positivity, relevance, diversity, harper_fluency, reward_model, hf_classifier, dialog_rpt,
-    toxichat, python. Defaults to the name."""
+    toxichat, comet_critic, python. Defaults to the name."""
     weight: float = 1.0
     """Weight of this component in `reward` = sum of weight * component."""
     model: str | None = None
     """hf_classifier: hub id or folder of an AutoModelForSequenceClassification; reward_model: of a
     GPT-NeoX reward model (OASST layout, no remote code); dialog_rpt: of a DialogRPT ranker
     (e.g. microsoft/DialogRPT-updown); toxichat: a local folder with the ToxiChat classifier's state
-    dict, GPT-2 config.json and tokenizer."""
+    dict, GPT-2 config.json and tokenizer; comet_critic: a critic folder (`python -m alol.rewards.comet
+    convert`)."""
     test_model: str | None = None
     """reward_model: another reward model for the test split (null: `model`)."""
     max_tokens: int = 1024
-    """reward_model, dialog_rpt, toxichat: inputs are left-truncated to this many tokens."""
+    """reward_model, dialog_rpt, toxichat: inputs are left-truncated to this many tokens; comet_critic:
+    pairs are truncated to this many."""
     use_stored_logits: bool = True
     """reward_model: use the logits stored with the train split's data replies (PRO's train file, scored
     by the train/validation model) instead of rescoring them; validation and test are always rescored."""
     label: str | int | None = None
     """hf_classifier: the label whose probability is the reward (name or index)."""
     text_pair: str | None = None
-    """hf_classifier: null (completion alone), 'context' or 'prompt' as the first text of a pair."""
+    """hf_classifier: null (completion alone), 'context', 'prompt' or 'knowledge' (the wow task's passage:
+    FaithCritic's (knowledge, reply) pair) as the first text of a pair."""
     trust_remote_code: bool = False
     """hf_classifier: allow the model's own Python code. Off by default: it runs arbitrary code."""
     head: str | None = None
@@ -59,6 +62,11 @@ class RewardComponentConfig:
     """harper_fluency: the score is exp(-scale * lints / words)."""
     ignore_kinds: list[str] = dataclasses.field(default_factory=lambda: ["Formatting", "Readability", "Style"])
     """harper_fluency: Harper lint kinds not counted (spacing and style advice, not errors)."""
+    use_stored_scores: bool = True
+    """comet_critic: train and validation data replies keep the score stored with them (ATOMIC-10x's
+    p_valid_model, the authors' train reward); test rows and generated replies are scored by the critic."""
+    seed: int = 0
+    """comet_critic: seed of the first names that replace PersonX / PersonY (drawn per head)."""
     function: str | None = None
     """python: 'module:function' taking (prompts, completions) and returning one float per row."""
     batch_size: int = 64
@@ -92,6 +100,11 @@ def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: 
             raise AlolError(f"{where}.model: hf_classifier needs a model (hub id or folder).")
         return HFClassifier(cfg.model, cfg.label, cfg.text_pair, where, cfg.batch_size,
                             trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
+    if kind == "comet_critic":
+        from alol.rewards.comet import CometCriticReward
+
+        return CometCriticReward(cfg.model, where, cfg.seed, cfg.use_stored_scores, cfg.batch_size,
+                                 min(cfg.max_tokens, 512), cfg.dtype)
     if kind == "python":
         return PythonFunction(cfg.function, where)
     hint = "" if cfg.type else f" (no `type:` given, so the name {name!r} was taken as the type)"

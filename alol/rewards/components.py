@@ -8,9 +8,12 @@ Built-ins (each in [0, 1]):
   harper_fluency  exp(-scale * grammar/spelling lints per word), Harper's rule-based checker (offline)
 Generic:
   reward_model   sigmoid(logit) of an OASST-style GPT-NeoX reward model on the dialogue (HH)
-  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder)
-  dialog_rpt     sigmoid of a DialogRPT ranker's one logit on prompt + reply (Reddit depth / updown)
+  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder); text_pair
+                 knowledge: FaithCritic's (knowledge, reply) pair
+  dialog_rpt     sigmoid of a DialogRPT ranker's one logit on `turn<eos>...turn<eos>reply` (WoW: the
+                 history turns) or prompt + reply (Reddit: `parent<eos>` + reply)
   toxichat       P(safe) of a DialoGPT body + 2-way head read at the last EOS of prompt + reply + EOS
+  comet_critic   the COMET critic (comet.py): P(valid) of an ATOMIC (head, relation, tail) triple
   python         `module:function(prompts, completions) -> list[float]`
 """
 
@@ -41,6 +44,10 @@ class RewardInputs:
     """Reward-model logits stored with the data for these very completions (HH), if any."""
     split: str | None = None
     """train / validation / test: a component may score the test split with another model."""
+    knowledge: list[str] | None = None
+    """The passage a knowledge-grounded reply should be faithful to (WoW / FaithDial), if the task has one."""
+    stored_scores: list[float] | None = None
+    """A score stored with the data for these very completions (COMET: ATOMIC-10x's p_valid_model), if any."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -48,7 +55,7 @@ class RewardInputs:
     def subset(self, rows: list[int]) -> "RewardInputs":
         pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
         return RewardInputs(pick(self.prompts), pick(self.completions), pick(self.contexts), pick(self.turns),
-                            pick(self.stored_logits), self.split)
+                            pick(self.stored_logits), self.split, pick(self.knowledge), pick(self.stored_scores))
 
 
 class Component:
@@ -188,8 +195,8 @@ class HFClassifier(Component):
                  batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if text_pair not in (None, "context", "prompt"):
-            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context' or 'prompt'.")
+        if text_pair not in (None, "context", "prompt", "knowledge"):
+            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context', 'prompt' or 'knowledge'.")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -218,7 +225,10 @@ class HFClassifier(Component):
 
     @torch.inference_mode()
     def score(self, rows: RewardInputs) -> np.ndarray:
-        pairs = {"context": rows.contexts, "prompt": rows.prompts, None: None}[self.text_pair]
+        pairs = {"context": rows.contexts, "prompt": rows.prompts, "knowledge": rows.knowledge,
+                 None: None}[self.text_pair]
+        if self.text_pair == "knowledge" and pairs is None:
+            raise AlolError("an hf_classifier with text_pair: knowledge needs a `knowledge` column (the wow task).")
         out = []
         for i in range(0, len(rows), self.batch_size):
             texts = [rows.completions[i:i + self.batch_size]]
@@ -356,8 +366,9 @@ def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.
 
 class DialogRPT(Component):
     """sigmoid of a DialogRPT ranker's logit (microsoft/DialogRPT-depth, -updown: GPT-2
-    `GPT2ForSequenceClassification` with one label) on `prompt + reply`, the prompt being the
-    parent comment + EOS (Reddit's `parent<|endoftext|>`), as the authors score. The logit is read
+    `GPT2ForSequenceClassification` with one label) on the context and the reply as the authors score
+    them: `turn<eos>...turn<eos>reply` when the rows have a dialogue history (WoW: the turns after the
+    knowledge), else `prompt + reply` (Reddit: the prompt is `parent<|endoftext|>`). The logit is read
     at the last real token of each right-padded row (never found through the pad id, which is EOS
     for GPT-2 and also separates context from reply); inputs are left-truncated to `max_tokens`."""
 
@@ -380,7 +391,11 @@ class DialogRPT(Component):
 
     @torch.inference_mode()
     def logits(self, rows: RewardInputs) -> np.ndarray:
-        texts = [p + c for p, c in zip(rows.prompts, rows.completions)]
+        eos = self.tokenizer.eos_token
+        if rows.turns is not None:  # a dialogue history (WoW): turn<eos>...turn<eos>reply, the knowledge left out
+            texts = ["".join(t + eos for t in turns) + c for turns, c in zip(rows.turns, rows.completions)]
+        else:  # the prompt is the context as the ranker reads it (Reddit: parent<eos>)
+            texts = [p + c for p, c in zip(rows.prompts, rows.completions)]
         out = np.zeros(len(texts))
         for start in range(0, len(texts), self.batch_size):
             ids = [x[-self.max_tokens:] for x in
