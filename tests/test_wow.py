@@ -236,8 +236,9 @@ def test_dialogrpt_scores_the_history_and_reply_by_hand(tmp_path):
         logit = float(last @ model.score.weight[0])  # DialogRPT's head has no bias
         assert raw[i] == pytest.approx(logit, abs=1e-5)
         assert scores[i] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
-    with pytest.raises(AlolError, match="turns"):
-        depth.score(RewardInputs(["p"], ["x"], ["c"]))
+    # without a history (Reddit) the prompt is the context as the ranker reads it: the same input, the same score
+    prompts = ["".join(t + tok.eos_token for t in history) for history in turns]
+    assert depth.raw_and_score(RewardInputs(prompts, replies, ["c", "c"]))[0] == pytest.approx(raw, abs=1e-6)
 
 
 @pytest.mark.assets
