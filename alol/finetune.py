@@ -17,7 +17,7 @@ class PPOConfig:
     """`finetune.ppo:` online PPO (algorithm: ppo). Defaults sized for the default task on 2 CPU cores
     (one `dvc exp run -S algorithm=ppo` within 15 minutes); pipelines/hh/params.yaml has the authors'."""
 
-    steps: int = 4
+    steps: int = 8
     """PPO steps: batches of rollouts, each trained on for `ppo_epochs` (authors: not stated)."""
     rollout_batch_size: int = 16
     """Prompts per PPO step, one sampled reply each, over all processes (authors: 16)."""
@@ -56,7 +56,7 @@ class TRLOnlineConfig:
     """`finetune.grpo:` / `finetune.rloo:` the settings alol passes to TRL's GRPOConfig / RLOOConfig
     (everything else keeps TRL's defaults). Defaults sized for the default task on 2 CPU cores."""
 
-    steps: int = 4
+    steps: int = 8
     """Optimizer steps (TRL's max_steps)."""
     num_generations: int = 4
     """Sampled replies per prompt (the group whose rewards give each reply's baseline)."""

@@ -321,9 +321,9 @@ def run_online(algorithm: str, params: dict, reference, tokenizer, annotated, as
     from alol.annotate import load_reward
     from alol.finetune import FinetuneConfig, make_validator
     from alol.io import read_parquet
+    from alol.losses import ALGORITHMS
     from alol.model import ModelConfig
     from alol.params import BaseConfig, section
-    from alol.losses import ALGORITHMS
     from alol.policy import load_trainable
 
     if annotated is None or assets is None:
@@ -339,11 +339,11 @@ def run_online(algorithm: str, params: dict, reference, tokenizer, annotated, as
     if ALGORITHMS[algorithm].online == "trl":
         model, generated = trl_online.train_trl(algorithm, model, tokenizer, frame, reward, getattr(cfg, algorithm),
                                                 model_cfg, base.seed, log)
-        return model, trl_summarize(log.history if log else [], generated)
+        return model, trl_online.summarize(log.history if log else [], generated)
     validate = None
     if cfg.ppo.train.eval_every:
         validate = make_validator(reward, tokenizer, read_parquet(annotated / "validation.parquet", columns), cfg,
                                   base.max_prompt_tokens, base.seed)
     model = train_ppo(model, reference, model_cfg, tokenizer, frame, reward, cfg.ppo, base.max_prompt_tokens,
-                             base.seed, log, validate)
+                      base.seed, log, validate)
     return model, summarize(log.history if log else [])

@@ -102,6 +102,22 @@ def test_whiten_by_hand():
     assert torch.allclose(out, torch.tensor([[-math.sqrt(1.5), 0.0, math.sqrt(1.5), 0.0]]), atol=1e-4)
 
 
+def test_rollout_targets_put_the_penalty_on_the_reference_log_ratio():
+    """The loop's glue on two rollouts of 2 and 1 tokens (gamma = lambda = 1, V = 0, beta 0.5): rollout A
+    (log pi -1, -2; log pi_ref -1.5, -1; reward 1) gets per-token rewards -0.25, 0.5 + 1, so returns
+    1.25, 1.5; rollout B (log pi = log pi_ref = -1; reward 2) returns 2. KL per reply: -0.5 and 0."""
+    from alol.finetune import PPOConfig
+    from alol.online import rollout_targets
+
+    scored = [([-1.0, -2.0], [0.0, 0.0], [-1.5, -1.0]), ([-1.0], [0.0], [-1.0])]
+    advantages, returns, stats = rollout_targets(np.array([1.0, 2.0]), scored, PPOConfig(gamma=1.0, lam=1.0),
+                                                 kl_coef=0.5)
+    assert returns[0] == pytest.approx([1.25, 1.5]) and returns[1] == pytest.approx([2.0])
+    assert stats["kl"] == pytest.approx(-0.25)
+    flat = np.array(advantages[0] + advantages[1])  # whitened over the batch's 3 tokens
+    assert flat.mean() == pytest.approx(0.0, abs=1e-6) and flat.std() == pytest.approx(1.0, abs=1e-3)
+
+
 # --- the reference is pi_ref, on the policy's own weights --------------------------------------------
 
 @pytest.fixture()
@@ -131,17 +147,17 @@ def rollout_batch(tokenizer):
             Example(prompt[:3], tokenizer("the weather is nice", add_special_tokens=False)["input_ids"])]
 
 
-@pytest.mark.parametrize("reference_kind", ["adapter", "base"])
-def test_penalty_uses_the_reference_not_the_current_policy(adapter_reference, tiny_tokenizer, reference_kind):
+@pytest.mark.parametrize("reference_kind, mode", [("adapter", "lora"), ("base", "lora"), ("adapter", "qlora")])
+def test_penalty_uses_the_reference_not_the_current_policy(adapter_reference, tiny_tokenizer, reference_kind, mode):
     """After the policy moves, the log-probs the KL penalty reads are the reference's (the frozen copy of
     the reference adapter; or, for a full reference model, the base with the adapter disabled), not
-    the policy's; and no second model is loaded."""
+    the policy's; and no second model is loaded. QLoRA (HH's setting) too, on the CPU."""
     from alol import online
     from alol.policy import load_frozen, load_trainable
     from alol.sequences import collate, completion_logps
 
     reference = adapter_reference / ("reference" if reference_kind == "adapter" else "base")
-    cfg = ModelConfig(mode="lora", lora_r=4, lora_alpha=8)
+    cfg = ModelConfig(mode=mode, lora_r=4, lora_alpha=8)
     policy = load_trainable(reference, cfg)
     assert online.attach_reference(policy, reference, cfg) is None  # no second model
     with torch.no_grad():  # an update: the trained adapter moves away from the reference
@@ -150,15 +166,16 @@ def test_penalty_uses_the_reference_not_the_current_policy(adapter_reference, ti
                 param.add_(0.3 * torch.randn_like(param))
     examples = rollout_batch(tiny_tokenizer)
     batch = collate(examples, tiny_tokenizer.pad_token_id)
-    expected = completion_logps(load_frozen(reference, ModelConfig(mode="full")), batch)
+    expected = completion_logps(load_frozen(reference, ModelConfig(mode="full" if mode == "lora" else mode)), batch)
     current = completion_logps(policy, batch)
     model = online.PolicyWithValue(policy)
     scored = online.score_rollouts(model, None, examples, tiny_tokenizer.pad_token_id, micro_batch=2)
+    atol = 1e-5 if mode == "lora" else 1e-3  # the 4-bit CPU kernels' rounding depends on the batch
     for row, (logps, values, ref) in enumerate(scored):
         n = len(examples[row].completion_ids)
-        assert torch.allclose(torch.tensor(ref), expected[row, -n:], atol=1e-5)
-        assert torch.allclose(torch.tensor(logps), current[row, -n:], atol=1e-5)
-        assert not torch.allclose(torch.tensor(ref), current[row, -n:], atol=1e-3)
+        assert torch.allclose(torch.tensor(ref), expected[row, -n:], atol=atol)
+        assert torch.allclose(torch.tensor(logps), current[row, -n:], atol=atol)
+        assert (torch.tensor(ref) - current[row, -n:]).abs().max() > 1e-2
         assert values == [0.0] * n  # the zero-initialised value head
     # the trained adapter is still the trainable one, and the saved policy has no reference adapter in it
     assert all(p.requires_grad == (".default." in n) for n, p in policy.named_parameters() if "lora_" in n)
