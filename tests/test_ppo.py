@@ -253,6 +253,22 @@ def test_ppo_end_to_end_reward_rises(workdir):
     assert set(start) == set(trained) and all(not torch.equal(start[k], trained[k]) for k in start)
 
 
+def test_validation_keeps_the_best_weights_the_start_included(workdir):
+    """With eval_every, PPO validates like the offline loop (greedy replies to the validation prompts, the
+    task reward) and keeps the best weights. The tiny model's greedy replies start empty, which scores 0,
+    the top of this reward (minus a tenth of the characters): no later step beats it, so the saved policy
+    is the starting one, bit for bit."""
+    write_params(workdir, steps=2, train={"learning_rate": 1.0e-2, "batch_size": 8, "micro_batch_size": 4,
+                                          "eval_every": 1})
+    finetune(workdir)
+    summary = json.loads((workdir / "results-policy" / "summary.json").read_text())
+    validated = (workdir / "results-policy" / "live" / "plots" / "metrics" / "validation" / "reward.tsv").read_text()
+    assert [line.split("\t")[0] for line in validated.splitlines()[1:]] == ["0", "1", "2"]
+    assert summary["best_validation_step"] == 0 and summary["best_validation_reward"] == 0.0
+    start, saved = load_file(workdir / "reference" / "model.safetensors"), load_file(workdir / "policy" / "model.safetensors")
+    assert all(torch.equal(start[k], saved[k]) for k in start)
+
+
 def test_two_processes_equal_one_with_doubled_accumulation(workdir):
     """2 processes x accumulation 1 == 1 process x accumulation 2 (micro-batch 4, minibatch 8), to float
     rounding, over one batch of rollouts (2 epochs x 2 minibatches = 4 optimizer steps). One batch: the
