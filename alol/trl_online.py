@@ -9,7 +9,8 @@ not the bare base), the task's RewardFunction wrapped as a TRL reward function, 
 checkpointing on the CPU (TRL's bf16 default is ~27x slower there), TRL's logs into our DVCLive
 folder, and the trained adapter saved with save_policy so evaluate reads it like any policy.
 Prompts are the `prompt` column as the policy reads it (chat template applied); TRL does not
-left-truncate them (base.max_prompt_tokens is not applied; the clean stage keeps prompts short).
+left-truncate them (base.max_prompt_tokens is not applied: chit-chat's clean stage keeps prompts
+within it, HH's does not).
 """
 
 from __future__ import annotations
