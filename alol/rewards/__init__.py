@@ -143,11 +143,12 @@ class RewardFunction:
                 component.load_state(state.get(name))
 
     def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None,
-                 description: str | None = "scoring") -> dict[str, np.ndarray]:
+                 description: str | None = "scoring", local: bool = False) -> dict[str, np.ndarray]:
         """Score `rows`. `source` and `row_ids` only serve error messages (file and row).
 
         Rows are scored in blocks of BLOCK_ROWS in their given order, the blocks dealt to processes
-        (alol.shard): every process must call this with the same rows, and gets every score back.
+        (alol.shard): every process must call this with the same rows, and gets every score back;
+        local=True scores this process's own rows alone (a TRL trainer's per-process completions).
         `raw_reward` (the weighted sum with each squashed component's raw value, e.g. a reward
         model's logit) is added when a component has one."""
         raws = [type(c).raw_and_score is not Component.raw_and_score for c in self.components.values()]
@@ -160,7 +161,7 @@ class RewardFunction:
                             np.full(len(idx), np.nan) if raw is None else np.asarray(raw, dtype=np.float64)]
             return np.stack(columns, axis=1).tolist()
 
-        values = np.asarray(map_blocks(block, range(len(rows)), BLOCK_ROWS, description), dtype=np.float64)
+        values = np.asarray(map_blocks(block, range(len(rows)), BLOCK_ROWS, description, local), dtype=np.float64)
         values = values.reshape(len(rows), 2 * len(self.components))
         out = {}
         for column, name in enumerate(self.components):
