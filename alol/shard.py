@@ -80,7 +80,7 @@ class progress:
 
             class Rate(ProgressColumn):
                 def render(self, task):
-                    return Text(f"{task.speed or 0:.1f} rows/s")
+                    return Text(f"{task.completed / task.elapsed if task.elapsed else 0:.1f} rows/s")  # the mean
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
