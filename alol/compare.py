@@ -1,7 +1,8 @@
 """Compare algorithms on the cached upstream: one DVC experiment per algorithm, then one table.
 
-    python -m alol.compare                          # every offline algorithm + dpo, dpo_ref_free, pro
+    python -m alol.compare                          # every algorithm: offline, preference and online
     python -m alol.compare --algorithms a_lol,nll   # a subset
+    python -m alol.compare --algorithms a_lol,ppo,grpo,rloo   # offline against online, with their cost
 
 Each algorithm is `dvc exp run -S algorithm=<name>`: only finetune and evaluate rerun (the
 reference, value, advantages, plans and the reference's own evaluation are cached), and every
@@ -81,6 +82,11 @@ def table_row(name: str, evaluation: dict, finetune: dict | None, plans: dict | 
     row["steps"] = (finetune or {}).get("steps")
     row["train_seconds"] = (finetune or {}).get("train_seconds")
     row["experiment_seconds"] = seconds
+    # the cost of online RL: tokens generated while training (offline methods generate none: the
+    # replies they need upstream, the value's and the pairs', are generated once and cached for all)
+    row["generated_tokens"] = (finetune.get("generated_tokens", 0) if finetune else None)
+    row["rollout_tokens_per_second"] = (finetune or {}).get("rollout_tokens_per_second")
+    row["train_tokens_per_second"] = (finetune or {}).get("tokens_per_second")
     return row
 
 
@@ -89,7 +95,7 @@ def markdown(frame: pl.DataFrame) -> str:
         if value is None:
             return "-"
         if isinstance(value, float):
-            return f"{value:.0f}" if column.endswith("seconds") else f"{value:.3f}"
+            return f"{value:.0f}" if column.endswith(("seconds", "per_second")) else f"{value:.3f}"
         return str(value)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
@@ -139,7 +145,7 @@ def compare(algorithms: list[str], root: Path, out: Path) -> pl.DataFrame:
     return frame
 
 
-def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms, or 'all' (ppo excluded)."),
+def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms, or 'all' (online ones included)."),
          out: Path = typer.Option(Path("results/compare"), help="Folder for table.csv, table.md, reward.png."),
          root: Path = typer.Option(Path("."), help="The DVC project (with params.yaml and dvc.yaml).")):
     """Run every algorithm as a DVC experiment on the cached upstream and tabulate the results."""

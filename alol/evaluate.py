@@ -16,7 +16,7 @@ import polars as pl
 from alol.annotate import load_reward, reward_inputs
 from alol.errors import AlolError
 from alol.generate import GenerationConfig, generate
-from alol.metrics import kl_estimate, paired_comparison, reward_means, text_stats
+from alol.metrics import grounding_stats, kl_estimate, paired_comparison, reward_means, text_stats
 from alol.model import ModelConfig, load_tokenizer
 from alol.params import BaseConfig, section
 from alol.policy import load_frozen
@@ -99,6 +99,10 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
     if baseline is not None:
         metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
+    if "knowledge" in test.columns:  # WoW / FaithDial: how much of each reply is copied from its knowledge
+        knowledge = test["knowledge"].to_list()
+        metrics["generations"].update(grounding_stats(replies, knowledge))
+        metrics["gold"].update(grounding_stats(test["completion"].to_list(), knowledge))
     if "split_name" in test.columns:  # HH: the four test sets, each on its own
         generations = generations.with_columns(test["split_name"])
         metrics["splits"] = {}

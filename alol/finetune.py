@@ -13,6 +13,70 @@ from alol.sequences import completion_logps
 from alol.train import TrainConfig
 
 @dataclasses.dataclass
+class PPOConfig:
+    """`finetune.ppo:` online PPO (algorithm: ppo). Defaults sized for the default task on 2 CPU cores
+    (one `dvc exp run -S algorithm=ppo` within 15 minutes); pipelines/hh/params.yaml has the authors'."""
+
+    steps: int = 8
+    """PPO steps: batches of rollouts, each trained on for `ppo_epochs` (authors: not stated)."""
+    rollout_batch_size: int = 16
+    """Prompts per PPO step, one sampled reply each, over all processes (authors: 16)."""
+    ppo_epochs: int = 2
+    """Passes over each batch of rollouts (authors: 4)."""
+    gamma: float = 1.0
+    """GAE discount over the reply's tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """eps of the clipped surrogate: ratios outside [1 - eps, 1 + eps] give no gradient."""
+    cliprange_value: float = 0.2
+    """eps_v: new values stay within old value +- eps_v in the clipped value loss."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss (the value head shares the policy's trunk)."""
+    init_kl_coef: float = 0.2
+    """beta at the start: per-token reward -beta (log pi - log pi_ref)."""
+    target_kl: float | None = 6.0
+    """Target of the adaptive KL controller (mean KL per reply, nats); null: beta stays fixed."""
+    horizon: int = 10000
+    """Horizon of the adaptive KL controller (rollouts)."""
+    whiten_rewards: bool = False
+    """Whiten the sequence rewards of each rollout batch (mean 0, std 1) before adding the KL penalty
+    (the authors' TRL run scaled and normalised scores by running statistics)."""
+    generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, do_sample=True, batch_size=16))
+    """Rollout decoding (sampling; top_p < 1 samples from a truncated pi, as the authors' top_p 0.95)."""
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=8, micro_batch_size=4))
+    """Optimiser, schedule and batching: batch_size = rollouts per optimizer step (a minibatch);
+    eval_every counts PPO steps; checkpoint_every must be 0 (PPO runs do not resume yet)."""
+
+
+@dataclasses.dataclass
+class TRLOnlineConfig:
+    """`finetune.grpo:` / `finetune.rloo:` the settings alol passes to TRL's GRPOConfig / RLOOConfig
+    (everything else keeps TRL's defaults). Defaults sized for the default task on 2 CPU cores."""
+
+    steps: int = 8
+    """Optimizer steps (TRL's max_steps)."""
+    num_generations: int = 4
+    """Sampled replies per prompt (the group whose rewards give each reply's baseline)."""
+    beta: float = 0.0
+    """KL coefficient against pi_ref (GRPO: TRL's default 0.0, no reference pass; RLOO: TRL's 0.05)."""
+    epsilon: float = 0.2
+    """Clip range of the importance ratio."""
+    num_iterations: int = 1
+    """Optimisation passes per batch of generations (TRL's mu)."""
+    generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, do_sample=True))
+    """Sampling: max_new_tokens, temperature, top_p, repetition_penalty (stop_strings: applied to the text
+    the reward sees; TRL trains on the tokens up to EOS or max_new_tokens)."""
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=16, micro_batch_size=8))
+    """Optimiser and batching: batch_size = replies per optimizer step over all processes (prompts x
+    num_generations), micro_batch_size = replies per forward (TRL's per_device_train_batch_size)."""
+
+
+@dataclasses.dataclass
 class FinetuneConfig:
     """`finetune:` the algorithm's settings (the algorithm itself is the top-level `algorithm`)."""
 
@@ -32,9 +96,18 @@ class FinetuneConfig:
     """Optimiser, schedule and batching (train.eval_every turns periodic validation on)."""
     validation_rows: int = 64
     """Validation prompts scored at each evaluation (with train.eval_every > 0)."""
+    validation_metric: str = "reward"
+    """The mean validation column that picks the best weights: `reward` (the weighted sum) or one
+    component's `reward_<name>` (the paper: FaithCritic's for wow and faithdial_wow, the critic's for comet)."""
     validation_generation: GenerationConfig = dataclasses.field(
         default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """Decoding of the validation replies."""
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    """algorithm: ppo (online, alol's loop; its own optimiser settings in ppo.train)."""
+    grpo: TRLOnlineConfig = dataclasses.field(default_factory=TRLOnlineConfig)
+    """algorithm: grpo (online, TRL's GRPOTrainer)."""
+    rloo: TRLOnlineConfig = dataclasses.field(default_factory=lambda: TRLOnlineConfig(beta=0.05))
+    """algorithm: rloo (online, TRL's RLOOTrainer; beta: TRL's default 0.05)."""
 
 
 def check_algorithm(algorithm: str, cfg: FinetuneConfig) -> str:
@@ -130,7 +203,7 @@ def preference_rows(pairs, tokenizer, max_prompt_tokens: int, max_completion_tok
 
 
 def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_prompt_tokens: int, seed: int):
-    """validate(model) -> mean task reward of its replies to the first `validation_rows` prompts."""
+    """validate(model) -> mean `validation_metric` of its replies to the first `validation_rows` prompts."""
     import numpy as np
     import polars as pl
 
@@ -138,12 +211,16 @@ def make_validator(reward, tokenizer, validation, cfg: FinetuneConfig, max_promp
     from alol.generate import generate
 
     frame = validation.head(cfg.validation_rows)
+    if cfg.validation_metric not in reward.columns:
+        raise AlolError(f"finetune.validation_metric {cfg.validation_metric!r} is not a reward column; valid: "
+                        f"{', '.join(reward.columns)}.")
 
     def validate(model) -> float:
         replies, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.validation_generation,
                               max_prompt_tokens, seed)
         scores = reward(reward_inputs(frame, "validation", completions=replies), source="validation replies",
                         row_ids=frame["prompt_id"].to_list())
-        return float(np.mean(scores["reward"]))
+        return float(np.mean(scores[cfg.validation_metric]))
 
     return validate
+

@@ -32,7 +32,6 @@ class GenerationConfig:
     """Prompts per generate() call (sorted by length to limit padding)."""
 
 
-@torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_prompt_tokens: int, seed: int = 0,
              description: str | None = "generating") -> tuple[list[str], int]:
     """Replies in the order of `prompts`, and the number of generated tokens.
@@ -40,13 +39,39 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_pr
     Prompts are sorted by length and cut into batches of `cfg.batch_size`; under N processes each
     takes every N-th batch (alol.shard). Each batch seeds its own sampling, so sampled replies do
     not depend on the number of processes either."""
+    results = generate_ids(model, tokenizer, prompts, cfg, max_prompt_tokens, seed, description)
+    return [r.text for r in results], sum(r.tokens for r in results)
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One generated reply: its prompt's ids, the reply's ids (EOS included when the reply ended
+    with it, as `encode_completion` lays out a trained reply) and its text (cut at a stop string)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    ended: bool = False
+    """The reply ended with EOS (else it was cut at max_new_tokens or a stop string)."""
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens before EOS (what `generate` counts)."""
+        return len(self.completion_ids) - (1 if self.ended else 0)
+
+
+@torch.inference_mode()
+def generate_ids(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_prompt_tokens: int, seed: int = 0,
+                 description: str | None = "generating") -> list[Rollout]:
+    """`generate` with the token ids kept (online RL trains on exactly the sampled tokens)."""
     model.eval()
     device = next(model.parameters()).device
     encoded = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
-    def batch(number: int, idx: list[int]) -> list[tuple[str, int]]:
+    def batch(number: int, idx: list[int]) -> list[Rollout]:
         width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
@@ -57,18 +82,22 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, max_pr
             num_beams=cfg.num_beams, do_sample=cfg.do_sample, top_p=cfg.top_p if cfg.do_sample else None,
             temperature=cfg.temperature if cfg.do_sample else None, repetition_penalty=cfg.repetition_penalty,
             stop_strings=cfg.stop_strings or None, tokenizer=tokenizer if cfg.stop_strings else None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+            pad_token_id=pad, eos_token_id=eos, use_cache=True)
         results = []
-        for row in range(len(idx)):
+        for row, i in enumerate(idx):
             new = out[row, width:].tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[:new.index(tokenizer.eos_token_id)]
-            results.append((cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_strings), len(new)))
+            ended = eos in new
+            if ended:
+                new = new[:new.index(eos)]
+            elif pad != eos:  # a row stopped at a stop string is padded to the batch's length
+                while new and new[-1] == pad:
+                    new.pop()
+            text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_strings)
+            results.append(Rollout(encoded[i], new + [eos] if ended else new, text, ended))
         return results
 
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results = map_blocks(batch, order, cfg.batch_size, description)
-    return [text for text, _ in results], sum(n for _, n in results)
+    return map_blocks(batch, order, cfg.batch_size, description)
 
 
 def cut_at_stop(text: str, stop_strings: list[str]) -> str:

@@ -13,7 +13,7 @@ gradient is a weighted NLL gradient. Ratios are formed in log space, exponentiat
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,14 +99,18 @@ class Algorithm:
     """Everything the pipeline needs to know about one algorithm; the rest is derived from it."""
 
     name: str
-    loss: Callable
-    """Offline: the per-example loss above; preference: dpo or pro (rows of candidates, best first)."""
+    loss: Callable | None
+    """Offline: the per-example loss above; preference: dpo or pro (rows of candidates, best first);
+    online: None (the loss lives in its trainer: alol.ppo's clipped objective, or TRL's)."""
     reads: tuple[str, ...]
     """The precomputed columns its loss reads: offline from the advantages table, preference from the pairs."""
     strategy: str
-    """Its default sampling strategy (finetune.sampling_strategy: auto)."""
+    """Its default sampling strategy (finetune.sampling_strategy: auto); "online" for rollouts (no plan)."""
     clipped: bool = False
     """Clamps importance ratios to [1 - ppo_clip, 1 + ppo_clip] (so ppo_clip must be > 0)."""
+    online: Literal["alol", "trl"] | None = None
+    """Online: trains on replies sampled from the current policy and scored with the task's reward, in
+    alol's PPO loop (alol.online) or through TRL's trainer (alol.trl_online). None: offline."""
 
     @property
     def pairs(self) -> bool:
@@ -125,8 +129,8 @@ class Algorithm:
     def strategies(self) -> tuple[str, ...]:
         """The sampling strategies that fit its loss: uniform passes, or priority by the signal it weights by
         (the advantage may also draw from every candidate: all_priority); preference pairs only for pairs."""
-        if self.pairs:
-            return ("pairs",)
+        if self.pairs or self.online:
+            return (self.strategy,)
         return ("uniform",) + ((self.strategy,) if self.strategy != "uniform" else ()) + (
             ("all_priority",) if self.needs_advantage else ())
 
@@ -145,6 +149,10 @@ ALGORITHMS = {a.name: a for a in (
     Algorithm("dpo_ref_free", dpo, (), "pairs"),
     # PRO's temperature is the difference of RAW reward scores (a reward model's logit, spec section 2)
     Algorithm("pro", pro, ("chosen_raw_reward", "rejected_raw_reward"), "pairs"),
+    # online: rollouts of the current policy on the train prompts (compare: their cost in generated tokens)
+    Algorithm("ppo", None, (), "online", online="alol"),
+    Algorithm("grpo", None, (), "online", online="trl"),
+    Algorithm("rloo", None, (), "online", online="trl"),
 )}
 """Every algorithm by name, in the order tables and sweeps list them."""
 

@@ -65,3 +65,45 @@ def kl_estimate(policy_token_logps: list[np.ndarray], reference_token_logps: lis
 
 def reward_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def extractive_fragments(reply: list[str], source: list[str]) -> list[list[str]]:
+    """Grusky et al. (2018, Newsroom) greedy extractive fragments of `reply` in `source` (token lists):
+    from each reply position, the longest run of tokens that also occurs contiguously in the source is
+    a fragment, and the scan jumps past it; a token found nowhere is skipped."""
+    fragments, i = [], 0
+    while i < len(reply):
+        best: list[str] = []
+        j = 0
+        while j < len(source):
+            if reply[i] == source[j]:
+                a, b = i, j
+                while a < len(reply) and b < len(source) and reply[a] == source[b]:
+                    a, b = a + 1, b + 1
+                if a - i > len(best):
+                    best = reply[i:a]
+                j = b
+            else:
+                j += 1
+        i += max(len(best), 1)
+        if best:
+            fragments.append(best)
+    return fragments
+
+
+def coverage_density(reply: str, knowledge: str) -> tuple[float, float]:
+    """(coverage, density) of a reply against its knowledge, on whitespace tokens: coverage = sum |f| /
+    |reply| (the share of reply tokens inside copied fragments), density = sum |f|^2 / |reply| (the
+    mean length of the fragment a token sits in). An empty reply is (0, 0)."""
+    tokens = reply.split()
+    if not tokens:
+        return 0.0, 0.0
+    lengths = [len(f) for f in extractive_fragments(tokens, knowledge.split())]
+    return sum(lengths) / len(tokens), sum(n * n for n in lengths) / len(tokens)
+
+
+def grounding_stats(replies: list[str], knowledge: list[str]) -> dict[str, float]:
+    """Mean coverage and density of replies against their knowledge (the paper's WoW metrics)."""
+    pairs = [coverage_density(r, k) for r, k in zip(replies, knowledge)]
+    return {"coverage": float(np.mean([c for c, _ in pairs])) if pairs else 0.0,
+            "density": float(np.mean([d for _, d in pairs])) if pairs else 0.0}

@@ -38,7 +38,9 @@ class BaseConfig:
 SECTIONS = {
     "base": "alol.params:BaseConfig",
     "download": "alol.assets:DownloadConfig",
-    "clean": {"chitchat": "alol.data.chitchat:CleanConfig", "hh": "alol.data.hh:HHCleanConfig"},  # by `task`
+    "clean": {"chitchat": "alol.data.chitchat:CleanConfig", "hh": "alol.data.hh:HHCleanConfig",  # by `task`
+              "reddit": "alol.data.reddit:RedditCleanConfig", "wow": "alol.data.wow:WowCleanConfig",
+              "comet": "alol.data.comet:CometCleanConfig"},
     "rewards": "alol.rewards:reward_configs",  # component name -> settings (the task's reward, no defaults)
     "model": "alol.model:ModelConfig",
     "train_reference": "alol.policy:ReferenceConfig",
@@ -48,7 +50,8 @@ SECTIONS = {
     "finetune": "alol.finetune:FinetuneConfig",
     "evaluate": "alol.evaluate:EvaluateConfig",
 }
-SCALARS = {"task": ("chitchat", ("chitchat", "hh")), "algorithm": ("a_lol", "alol.losses:ALGORITHMS")}
+SCALARS = {"task": ("chitchat", ("chitchat", "hh", "reddit", "wow", "comet")),
+           "algorithm": ("a_lol", "alol.losses:ALGORITHMS")}
 
 
 def _resolve(target: str):

@@ -84,12 +84,21 @@ def collate(examples: list[Example], pad_id: int, extras: dict[str, list] | None
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, K) log pi(y_t | x, y_<t) on completion tokens (0 on padding), logits only where needed."""
+    return completion_logps_and_states(model, batch, states=False)[0]
+
+
+def completion_logps_and_states(model, batch: dict[str, torch.Tensor], states: bool = True):
+    """completion_logps, and (B, K, d) the last layer's hidden states at the positions that predict
+    each completion token (the states a value head reads: V(x, y_<t)); None with states=False."""
     k = batch["completion_mask"].shape[1]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=k + 1, use_cache=False).logits[:, :-1].float()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=k + 1, use_cache=False,
+                **({"output_hidden_states": True} if states else {}))
+    logits = out.logits[:, :-1].float()
     targets = batch["input_ids"][:, -k:]
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return logps * batch["completion_mask"]
+    hidden = out.hidden_states[-1][:, -(k + 1):-1] if states else None
+    return logps * batch["completion_mask"], hidden
 
 
 def length_grouped(indices: list[int], lengths: list[int], micro_batch: int) -> list[list[int]]:

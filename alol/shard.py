@@ -15,16 +15,20 @@ from alol.errors import AlolError
 
 
 def map_blocks(fn: Callable[[int, list[int]], Sequence], order: Sequence[int], block_size: int,
-               description: str | None = None) -> list:
+               description: str | None = None, local: bool = False) -> list:
     """Results of `fn(block_number, row_indices)` (one per index) for every row, in row-index order.
 
     `order` lists the row indices 0..n-1 in the order they are cut into blocks (e.g. sorted by
-    length). Every process returns the full list. An AlolError in any process is raised in all."""
+    length). Every process returns the full list. An AlolError in any process is raised in all.
+    local=True: this process computes every block of its own rows (rows that differ per process,
+    like a TRL trainer's local completions); no exchange with the others."""
     from accelerate.utils import gather_object
 
     proc = state()
     n, order = len(order), list(order)
     blocks = [order[i:i + block_size] for i in range(0, n, max(block_size, 1))]
+    if local:
+        return _local(fn, blocks, n)
     mine = list(range(proc.process_index, len(blocks), proc.num_processes))
     done, failure = [], None
     with progress(description, sum(len(blocks[b]) for b in mine)) as advance:
@@ -52,6 +56,14 @@ def map_blocks(fn: Callable[[int, list[int]], Sequence], order: Sequence[int], b
     return out
 
 
+def _local(fn, blocks: list[list[int]], n: int) -> list:
+    out: list = [None] * n
+    for b, rows in enumerate(blocks):
+        for i, value in zip(rows, fn(b, rows)):
+            out[i] = value
+    return out
+
+
 class progress:
     """A rich progress bar (rows done, rate, ETA) on the main process; nothing elsewhere."""
 
@@ -68,7 +80,7 @@ class progress:
 
             class Rate(ProgressColumn):
                 def render(self, task):
-                    return Text(f"{task.speed or 0:.1f} rows/s")
+                    return Text(f"{task.completed / task.elapsed if task.elapsed else 0:.1f} rows/s")  # the mean
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)

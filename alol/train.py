@@ -76,6 +76,23 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int):
     return optimizer, scheduler
 
 
+def make_accelerator(cfg: TrainConfig):
+    """(Accelerator, accumulation steps) for data-parallel training with `cfg`'s global batch.
+
+    split_batches: a step's rows are the global batch, so the schedule advances once per optimizer step
+    whatever the number of processes; accumulation is Accelerate's (no_sync, loss scaling, when to step)."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    from alol.device import check_data_parallel, state
+
+    check_data_parallel()
+    accumulation = grad_accumulation(cfg, state().num_processes)
+    accelerator = Accelerator(gradient_accumulation_steps=accumulation,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_data_parallel(accelerator.distributed_type)
+    return accelerator, accumulation
+
+
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 Validator = Callable[[torch.nn.Module], float]
 
@@ -206,21 +223,11 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
     algorithms, 2+ for preference ones); `extras` holds per-row values the loss needs. With
     `validate` and `cfg.eval_every`, the best-scoring weights (the start's included) are kept.
     `log` is called on the main process only. Returns the unwrapped model."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-
-    from alol.device import check_data_parallel, state
-
     steps, batch_size = plan.shape
     if batch_size != cfg.batch_size:
         raise AlolError(f"the plan has {batch_size} rows per step but batch_size is {cfg.batch_size}; "
                         "rerun the stage that makes the plan (dvc repro).")
-    check_data_parallel()
-    accumulation = grad_accumulation(cfg, state().num_processes)
-    # split_batches: a plan step is the global batch, so the schedule advances once per optimizer step
-    # whatever the number of processes; accumulation is Accelerate's (no_sync, loss scaling, when to step)
-    accelerator = Accelerator(gradient_accumulation_steps=accumulation,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
-    check_data_parallel(accelerator.distributed_type)
+    accelerator, accumulation = make_accelerator(cfg)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -1,6 +1,9 @@
 """clean: conversations -> (prompt, completion) rows, filtered and split by conversation.
 
     python stages/clean.py data/assets data/clean results/clean/stats.json
+
+The reader is the `task:` param's: chitchat (default), hh (alol/data/hh.py), reddit (alol/data/reddit.py;
+it also writes train_replies.parquet, the pos + neg train replies the tf-idf diversity is fit on).
 """
 
 from pathlib import Path
@@ -23,6 +26,29 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
         from alol.data.hh import HHCleanConfig, clean_hh, load_hh
 
         splits, stats = clean_hh(load_hh(assets / "hh"), section(p, "clean", HHCleanConfig))
+    elif p["task"] == "reddit":  # + both sides' train replies, which the tf-idf diversity is fit on
+        from transformers import AutoTokenizer
+
+        from alol.data.reddit import RedditCleanConfig, clean_reddit, load_reddit
+
+        tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
+        splits, stats, replies = clean_reddit(load_reddit(assets / "reddit"), tokenizer,
+                                              section(p, "clean", RedditCleanConfig))
+        write_parquet(replies, out / "train_replies.parquet")
+    elif p["task"] == "wow":  # WoW / FaithDial (clean.dataset picks the paper's task)
+        from transformers import AutoTokenizer
+
+        from alol.data.wow import WowCleanConfig, build_wow_splits, load_examples
+
+        cfg = section(p, "clean", WowCleanConfig)
+        tokenizer = AutoTokenizer.from_pretrained(assets / "policy")  # the prompts fit the policy's tokens
+        splits, stats = build_wow_splits(load_examples(assets / "wow", cfg.dataset), tokenizer, cfg,
+                                         section(p, "base", BaseConfig).seed)
+    elif p["task"] == "comet":
+        from alol.data.comet import CometCleanConfig, build_comet_splits
+
+        splits, stats = build_comet_splits(assets / "comet", section(p, "clean", CometCleanConfig),
+                                           section(p, "base", BaseConfig).seed)
     else:
         from transformers import AutoTokenizer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from alol.assets import DownloadConfig, build_assets, fetch_hh_data
+from alol.assets import DownloadConfig, build_assets, fetch_hh_data, fetch_reddit_data, fetch_task_data
 from alol.errors import AlolError
 from alol.cli import stage
 from alol.io import atomic_path
@@ -28,6 +28,12 @@ def main(out: Path = typer.Argument(..., help="Folder to write the converted ass
                                 "a local zip, or a folder).")
             tmp.mkdir()
             manifest = fetch_hh_data(cfg.source, tmp, Path(work))
+        elif p["task"] == "reddit":  # the user's Kaggle CSVs and the policy; reward models are hub ids / folders
+            tmp.mkdir()
+            manifest = fetch_reddit_data(cfg, tmp, Path(work))
+        elif p["task"] in ("wow", "comet"):  # the user's data + the policy; reward models are used in place
+            tmp.mkdir()
+            manifest = fetch_task_data(p["task"], cfg, tmp, Path(work))
         else:
             manifest = build_assets(cfg, tmp, Path(work))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,6 +1,7 @@
-"""finetune: train the policy with `algorithm` from the reference, on the precomputed columns.
+"""finetune: train the policy with `algorithm` from the reference, on the precomputed columns (offline),
+or on its own replies to the train prompts scored with the task reward (online: ppo, grpo, rloo).
 
-The frozen reference is never loaded: its log-probs and the value are Parquet columns.
+Offline, the frozen reference is never loaded: its log-probs and the value are Parquet columns.
 
     python stages/finetune.py data/advantages data/plans.parquet models/reference models/policy results/finetune
     accelerate launch --num_processes 2 stages/finetune.py ...     # DDP on 2 GPUs, same arguments
@@ -22,6 +23,7 @@ from alol.advantages import select_plan, step_scales
 from alol.io import atomic_path, read_parquet, write_json
 from alol.losses import ALGORITHMS
 from alol.pairs import PAIR_COLUMNS
+from alol.online import run_online
 from alol.model import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
 from alol.params import BaseConfig, load_params, section
 from alol.policy import load_trainable
@@ -35,8 +37,9 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
          out: Path = typer.Argument(..., help="Folder for the fine-tuned policy (model or adapter)."),
          results: Path = typer.Argument(..., help="Folder for summary.json and the DVCLive curves."),
          pairs: Path = typer.Option(None, help="The sample stage's preference pairs (dpo, dpo_ref_free, pro)."),
-         annotated: Path = typer.Option(None, help="Folder with validation.parquet (periodic validation)."),
-         assets: Path = typer.Option(None, help="The download stage's folder (reward models for validation)."),
+         annotated: Path = typer.Option(None, help="Folder with validation.parquet (periodic validation) and "
+                                        "train.parquet (the online algorithms' prompts)."),
+         assets: Path = typer.Option(None, help="The download stage's folder (reward models: validation, online)."),
          checkpoint_dir: Path = typer.Option(None, help="Resumable checkpoints (kept outside DVC outputs)."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, algorithm, finetune.")):
     import torch
@@ -50,6 +53,15 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
     if meta["tokenizer"] != tokenizer_fingerprint(tokenizer):
         raise AlolError(f"the policy tokenizer ({reference}) differs from the one {advantages} was computed with; "
                         "rerun the advantages stage with this policy (dvc repro).")
+    if ALGORITHMS[algorithm].online:  # rollouts of the policy itself: no plan, no precomputed columns
+        live = LiveLog(results / "live") if is_main_process() else None
+        model, summary = run_online(algorithm, p, reference, tokenizer, annotated, assets, live)
+        if is_main_process():
+            live.close()
+            with atomic_path(out) as tmp:
+                save_policy(model, tokenizer, tmp)
+            write_json({"algorithm": algorithm, "sampling_strategy": strategy, **summary}, results / "summary.json")
+        return
     step_scale = 1.0  # the pairs, uniform and reward_priority plans take plan.steps
     if ALGORITHMS[algorithm].pairs:
         if pairs is None:

@@ -42,8 +42,10 @@ def fake_experiment(root, gains):
                     "vs_baseline": {"reward": {"gain": gain, "ci_low": gain - 0.125, "ci_high": gain + 0.125,
                                                "win_rate": 0.5 + gain}}},
                    root / "results" / "evaluate" / "details.json")
+        online = {"generated_tokens": 4096, "rollout_tokens_per_second": 32.0} if algorithm == "ppo" else {}
         write_json({"sampling_strategy": "good_priority" if algorithm.startswith("a_lol") else "uniform",
-                    "steps": 13, "train_seconds": 60.0}, root / "results" / "finetune" / "summary.json")
+                    "steps": 13, "train_seconds": 60.0, "tokens_per_second": 150.0, **online},
+                   root / "results" / "finetune" / "summary.json")
         (root / "params.yaml").write_text(f"algorithm: {algorithm}\n")
         subprocess.run(["git", "checkout", "-q", "--detach"], cwd=root, check=True)
         return 70.0
@@ -69,6 +71,18 @@ def test_compare_table_and_repo_left_as_found(repo, monkeypatch):
     assert md[0].startswith("| algorithm | reward | gain |")
     assert md[3].startswith("| a_lol | 2.125 | 0.125 | 0.000 | 0.250 | 0.625 |")  # reward, gain, CI, win rate
     assert (repo / "results" / "compare" / "reward.png").stat().st_size > 0
+
+
+def test_online_rows_carry_their_cost(repo, monkeypatch):
+    """ppo's row has the tokens it generated while training and its rollout speed; an offline algorithm
+    generated none while training; the reference and gold rows have no cost at all."""
+    monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.25, "ppo": 0.125}))
+    frame = cmp.compare(["nll", "ppo"], repo, repo / "results" / "compare")
+    rows = {r["algorithm"]: r for r in frame.iter_rows(named=True)}
+    assert (rows["ppo"]["generated_tokens"], rows["ppo"]["rollout_tokens_per_second"]) == (4096, 32.0)
+    assert (rows["nll"]["generated_tokens"], rows["nll"]["rollout_tokens_per_second"]) == (0, None)
+    assert rows["ppo"]["train_tokens_per_second"] == 150.0 and rows["ppo"]["experiment_seconds"] == 70.0
+    assert rows["reference"]["generated_tokens"] is None
 
 
 def test_compare_refuses_a_detached_head(repo, monkeypatch):

@@ -153,6 +153,17 @@ def test_auto_and_fitting_strategies():
     assert auto == {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority",
                     "r_lol": "reward_priority", "a_lol": "good_priority", "a_lol_ref_free": "good_priority",
                     "a_lol_seq": "good_priority", "a_lol_kl": "good_priority", "dpo": "pairs",
-                    "dpo_ref_free": "pairs", "pro": "pairs"}
+                    "dpo_ref_free": "pairs", "pro": "pairs", "ppo": "online", "grpo": "online", "rloo": "online"}
     assert check_algorithm("a_lol", FinetuneConfig(sampling_strategy="all_priority")) == "all_priority"
     assert check_algorithm("wbc", FinetuneConfig(sampling_strategy="uniform")) == "uniform"
+
+
+def test_online_algorithms_take_no_plan():
+    """ppo, grpo and rloo train on their own rollouts: a sampling strategy for a plan of rows is an error."""
+    from alol.errors import AlolError
+    from alol.finetune import FinetuneConfig, check_algorithm
+
+    assert {n for n, a in losses.ALGORITHMS.items() if a.online} == {"ppo", "grpo", "rloo"}
+    assert losses.ALGORITHMS["ppo"].online == "alol" and losses.ALGORITHMS["grpo"].online == "trl"
+    with pytest.raises(AlolError, match=r"sampling_strategy 'uniform' does not fit ppo; valid: auto \(online\)"):
+        check_algorithm("ppo", FinetuneConfig(sampling_strategy="uniform"))

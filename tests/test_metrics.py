@@ -70,3 +70,23 @@ def test_kl_estimate_by_hand():
     assert out["kl_stderr"] == pytest.approx(np.sqrt(((1 - 0) ** 2 + (-1 - 0) ** 2) / (2 - 1)) / np.sqrt(2))  # = 1
     out = kl_estimate(policy[:1], reference[:1])
     assert out["kl"] == pytest.approx(1.0) and out["kl_per_token"] == pytest.approx(0.5)
+
+
+def test_extractive_fragments_and_coverage_density_by_hand():
+    from alol.metrics import coverage_density, extractive_fragments, grounding_stats
+
+    # reply "the cat sat on the mat today", knowledge "a cat sat on a mat the mat today":
+    # at "the" (pos 0) the longest run in the knowledge is "the" (then "cat" != "mat") -> [the];
+    # at "cat": "cat sat on" (then "the" != "a") -> 3; at "the" (pos 4): "the mat today" -> 3.
+    reply, knowledge = "the cat sat on the mat today", "a cat sat on a mat the mat today"
+    assert extractive_fragments(reply.split(), knowledge.split()) == [["the"], ["cat", "sat", "on"],
+                                                                      ["the", "mat", "today"]]
+    coverage, density = coverage_density(reply, knowledge)
+    assert coverage == pytest.approx(7 / 7) and density == pytest.approx((1 + 9 + 9) / 7)
+    # a token found nowhere is skipped; copied words count once each: "i love blue skies" vs "blue skies are
+    # nice" -> one fragment [blue, skies]: coverage 2/4, density 4/4
+    assert coverage_density("i love blue skies", "blue skies are nice") == (pytest.approx(0.5), pytest.approx(1.0))
+    assert coverage_density("", "anything") == (0.0, 0.0)
+    assert coverage_density("no overlap", "at all") == (0.0, 0.0)
+    assert grounding_stats(["i love blue skies", reply], ["blue skies are nice", knowledge]) == {
+        "coverage": pytest.approx((0.5 + 1.0) / 2), "density": pytest.approx((1.0 + 19 / 7) / 2)}

@@ -5,9 +5,15 @@ Built-ins (each in [0, 1]):
   positivity  (VADER compound + 1) / 2 of the completion
   relevance   (cosine(MiniLM(context), MiniLM(completion)) + 1) / 2
   diversity   the A-LoL reference's tf-idf score; the vectorizer is fit on train completions
+  harper_fluency  exp(-scale * grammar/spelling lints per word), Harper's rule-based checker (offline)
 Generic:
   reward_model   sigmoid(logit) of an OASST-style GPT-NeoX reward model on the dialogue (HH)
-  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder)
+  hf_classifier  P(label) from any AutoModelForSequenceClassification (hub id or folder); text_pair
+                 knowledge: FaithCritic's (knowledge, reply) pair
+  dialog_rpt     sigmoid of a DialogRPT ranker's one logit on `turn<eos>...turn<eos>reply` (WoW: the
+                 history turns) or prompt + reply (Reddit: `parent<eos>` + reply)
+  toxichat       P(safe) of a DialoGPT body + 2-way head read at the last EOS of prompt + reply + EOS
+  comet_critic   the COMET critic (comet.py): P(valid) of an ATOMIC (head, relation, tail) triple
   python         `module:function(prompts, completions) -> list[float]`
 """
 
@@ -38,6 +44,10 @@ class RewardInputs:
     """Reward-model logits stored with the data for these very completions (HH), if any."""
     split: str | None = None
     """train / validation / test: a component may score the test split with another model."""
+    knowledge: list[str] | None = None
+    """The passage a knowledge-grounded reply should be faithful to (WoW / FaithDial), if the task has one."""
+    stored_scores: list[float] | None = None
+    """A score stored with the data for these very completions (COMET: ATOMIC-10x's p_valid_model), if any."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -45,7 +55,7 @@ class RewardInputs:
     def subset(self, rows: list[int]) -> "RewardInputs":
         pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
         return RewardInputs(pick(self.prompts), pick(self.completions), pick(self.contexts), pick(self.turns),
-                            pick(self.stored_logits), self.split)
+                            pick(self.stored_logits), self.split, pick(self.knowledge), pick(self.stored_scores))
 
 
 class Component:
@@ -133,14 +143,24 @@ class Diversity(Component):
     later stages score with exactly the same function.
     """
 
-    def __init__(self):
+    def __init__(self, fit_on: str = "train"):
         self.vocabulary: dict[str, int] | None = None
         self.idf: np.ndarray | None = None
+        self.fit_on = fit_on
 
     def fit(self, train: RewardInputs) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        vec = TfidfVectorizer().fit(train.completions)
+        texts = train.completions
+        if self.fit_on != "train":  # e.g. Reddit: the pos + neg train replies, whichever side is trained on
+            import polars as pl
+
+            path = Path(self.fit_on)
+            if not path.exists():
+                raise AlolError(f"diversity.fit_on: {path} does not exist (a Parquet file with a `completion` "
+                                "column, relative to the folder dvc runs in; or 'train').")
+            texts = pl.read_parquet(path, columns=["completion"])["completion"].to_list()
+        vec = TfidfVectorizer().fit(texts)
         self.vocabulary = {term: int(i) for term, i in vec.vocabulary_.items()}
         self.idf = vec.idf_.astype(np.float64)
 
@@ -175,8 +195,8 @@ class HFClassifier(Component):
                  batch_size: int = 32, max_length: int = 512, trust_remote_code: bool = False, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if text_pair not in (None, "context", "prompt"):
-            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context' or 'prompt'.")
+        if text_pair not in (None, "context", "prompt", "knowledge"):
+            raise AlolError(f"{where}.text_pair: {text_pair!r} must be null, 'context', 'prompt' or 'knowledge'.")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -205,7 +225,10 @@ class HFClassifier(Component):
 
     @torch.inference_mode()
     def score(self, rows: RewardInputs) -> np.ndarray:
-        pairs = {"context": rows.contexts, "prompt": rows.prompts, None: None}[self.text_pair]
+        pairs = {"context": rows.contexts, "prompt": rows.prompts, "knowledge": rows.knowledge,
+                 None: None}[self.text_pair]
+        if self.text_pair == "knowledge" and pairs is None:
+            raise AlolError("an hf_classifier with text_pair: knowledge needs a `knowledge` column (the wow task).")
         out = []
         for i in range(0, len(rows), self.batch_size):
             texts = [rows.completions[i:i + self.batch_size]]
@@ -289,3 +312,204 @@ class DialogueRewardModel(Component):
             logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(rows.turns, rows.completions)],
                                  self.batch_size)
         return np.asarray(logits, dtype=np.float64)
+
+
+class HarperFluency(Component):
+    """exp(-scale * lints / words) of the completion, lints from Harper (harper-py), a rule-based
+    English grammar, spelling and style checker with a built-in dictionary: offline and deterministic.
+
+    A lint is one problem Harper reports (Spelling, Capitalization, Agreement, Repetition, Grammar,
+    WordChoice, ...); the kinds in `ignore_kinds` (spacing and style advice) are not counted. Words are
+    whitespace tokens; an empty reply scores 0. With scale 5: one lint in 10 words -> exp(-0.5) = 0.61.
+    It catches misspellings, wrong capitalisation, agreement slips and doubled words; it does not judge
+    meaning, coherence, relevance or non-English text beyond flagging its words as misspelled, and it
+    passes many ungrammatical sentences ("Me want cookie now please." gets no lint)."""
+
+    def __init__(self, scale: float = 5.0, ignore_kinds: tuple[str, ...] = ("Formatting", "Readability", "Style")):
+        from harper import Linter
+
+        self.linter, self.scale, self.ignore = Linter(), scale, set(ignore_kinds)
+
+    def lints(self, text: str) -> int:
+        return sum(lint.lint_kind not in self.ignore for lint in self.linter.lint(text))
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        out = np.zeros(len(rows))
+        for i, text in enumerate(rows.completions):
+            words = len(text.split())
+            if words:
+                out[i] = np.exp(-self.scale * self.lints(text) / words)
+        return out
+
+
+def _load_tokenizer(source: str, where: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise AlolError(f"{where}.model: no tokenizer with {source!r} ({err}); save the model's tokenizer "
+                        "beside its weights (e.g. microsoft/DialoGPT-medium's).") from None
+    if tokenizer.eos_token_id is None:
+        raise AlolError(f"{where}.model: the tokenizer of {source!r} has no EOS token.")
+    return tokenizer
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return ids, mask
+
+
+class DialogRPT(Component):
+    """sigmoid of a DialogRPT ranker's logit (microsoft/DialogRPT-depth, -updown: GPT-2
+    `GPT2ForSequenceClassification` with one label) on the context and the reply as the authors score
+    them: `turn<eos>...turn<eos>reply` when the rows have a dialogue history (WoW: the turns after the
+    knowledge), else `prompt + reply` (Reddit: the prompt is `parent<|endoftext|>`). The logit is read
+    at the last real token of each right-padded row (never found through the pad id, which is EOS
+    for GPT-2 and also separates context from reply); inputs are left-truncated to `max_tokens`."""
+
+    def __init__(self, model: str | None, where: str, max_tokens: int = 1024, batch_size: int = 16,
+                 dtype: str = "auto"):
+        from transformers import GPT2ForSequenceClassification
+
+        if not model:
+            raise AlolError(f"{where}.model: dialog_rpt needs a model (e.g. microsoft/DialogRPT-updown).")
+        self.tokenizer = _load_tokenizer(model, where)
+        try:
+            self.model = GPT2ForSequenceClassification.from_pretrained(model, **load_kwargs(reward_dtype(dtype)))
+        except (OSError, ValueError) as err:
+            raise AlolError(f"{where}.model: could not load {model!r} as a GPT-2 sequence classifier: {err}") from None
+        if self.model.config.num_labels != 1:
+            raise AlolError(f"{where}.model: {model} has {self.model.config.num_labels} labels; DialogRPT has one "
+                            "logit (use hf_classifier for a multi-class model).")
+        self.model = place(self.model.eval().requires_grad_(False), f"DialogRPT {model}")
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+
+    @torch.inference_mode()
+    def logits(self, rows: RewardInputs) -> np.ndarray:
+        eos = self.tokenizer.eos_token
+        if rows.turns is not None:  # a dialogue history (WoW): turn<eos>...turn<eos>reply, the knowledge left out
+            texts = ["".join(t + eos for t in turns) + c for turns, c in zip(rows.turns, rows.completions)]
+        else:  # the prompt is the context as the ranker reads it (Reddit: parent<eos>)
+            texts = [p + c for p, c in zip(rows.prompts, rows.completions)]
+        out = np.zeros(len(texts))
+        for start in range(0, len(texts), self.batch_size):
+            ids = [x[-self.max_tokens:] for x in
+                   self.tokenizer(texts[start:start + self.batch_size], add_special_tokens=False)["input_ids"]]
+            input_ids, mask = _right_padded(ids, self.tokenizer.eos_token_id)
+            device = self.model.score.weight.device
+            hidden = self.model.transformer(input_ids=input_ids.to(device),
+                                            attention_mask=mask.to(device)).last_hidden_state
+            last = hidden[torch.arange(len(ids), device=device), mask.sum(1).to(device) - 1]
+            out[start:start + len(ids)] = self.model.score(last)[:, 0].float().cpu().numpy()
+        return out
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return self.raw_and_score(rows)[1]
+
+    def raw_and_score(self, rows: RewardInputs) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.logits(rows)
+        return logits, 1.0 / (1.0 + np.exp(-logits))
+
+
+def _weights(folder: Path, where: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder (or one file): safetensors, or .bin/.pt read with
+    torch.load(weights_only=True), which refuses anything but tensors and plain containers."""
+    from safetensors.torch import load_file
+
+    files = [folder] if folder.is_file() else (sorted(folder.glob("*.safetensors")) or
+                                               sorted([*folder.glob("*.bin"), *folder.glob("*.pt")]))
+    if not files:
+        raise AlolError(f"{where}.model: {folder} holds no *.safetensors, *.bin or *.pt weights.")
+    state = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            state.update(load_file(f))
+        else:
+            try:
+                loaded = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001  (a pickled model object, not a state dict)
+                raise AlolError(f"{where}.model: {f} is not a plain state dict ({str(err)[:200]}); save "
+                                "model.state_dict() (or safetensors) instead of a pickled model.") from None
+            loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+            if not isinstance(loaded, dict):
+                raise AlolError(f"{where}.model: {f} does not hold a state dict of tensors.")
+            state.update(loaded)
+    return state
+
+
+class ToxiChat(Component):
+    """P(safe) from the ToxiChat offensive classifier (Baheti et al. 2021, the authors' Reddit `safe`
+    reward): a DialoGPT (GPT-2) body and a linear 2-way head on the last hidden state of each EOS
+    token; the thread `prompt + reply + EOS` (`parent<|endoftext|>reply<|endoftext|>`) is read at its
+    LAST EOS, class 0 = safe, softmax. The checkpoint is a plain state dict (safetensors, or a .bin/.pt
+    loaded with weights_only=True: no pickled code): the GPT-2 body under `transformer.` (or unprefixed)
+    and the head under `head` (null: the only (2, hidden) weight outside the body). `model` is a folder
+    with the checkpoint, GPT-2's config.json and the tokenizer."""
+
+    def __init__(self, model: str | None, head: str | None, where: str, max_tokens: int = 1024,
+                 batch_size: int = 16, dtype: str = "auto"):
+        import json
+
+        from transformers import GPT2Config, GPT2Model
+
+        folder = Path(model or "")
+        if not model or not folder.exists():
+            raise AlolError(f"{where}.model: toxichat needs a local folder with the classifier's weights, config.json "
+                            f"and tokenizer (got {model!r}); it is not on the hub.")
+        config_dir = folder if folder.is_dir() else folder.parent
+        if not (config_dir / "config.json").exists():
+            raise AlolError(f"{where}.model: {config_dir} has no config.json (DialoGPT-medium's GPT-2 config).")
+        config = GPT2Config(**{k: v for k, v in json.loads((config_dir / "config.json").read_text()).items()
+                               if k not in ("architectures", "model_type", "transformers_version")})
+        state = _weights(folder, where)
+        prefix = "transformer." if any(k.startswith("transformer.") for k in state) else ""
+        body = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith("lm_head.")}
+        if head is None:
+            heads = sorted(k[:-len(".weight")] for k, v in state.items() if k.endswith(".weight") and
+                           not k.startswith(("transformer.", "lm_head.")) and tuple(v.shape) == (2, config.n_embd))
+            if len(heads) != 1:
+                raise AlolError(f"{where}: found {len(heads)} candidate 2-way heads {heads} in {model}; set `head:` "
+                                "to the state-dict prefix of the classifier head.")
+            head = heads[0]
+        if f"{head}.weight" not in state:
+            raise AlolError(f"{where}.head: {model} has no {head}.weight.")
+        body = {k: v for k, v in body.items() if not k.startswith(head + ".")}
+        self.body = GPT2Model(config)
+        missing, unexpected = self.body.load_state_dict(body, strict=False)
+        missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        unexpected = [k for k in unexpected if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        if missing or unexpected:
+            raise AlolError(f"{where}.model: the GPT-2 body of {model} does not match its config.json: missing "
+                            f"{missing[:4]}, unexpected {unexpected[:4]}.")
+        self.head = torch.nn.Linear(config.n_embd, 2, bias=f"{head}.bias" in state)
+        self.head.load_state_dict({k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")})
+        self.tokenizer = _load_tokenizer(str(config_dir), where)
+        dt = reward_dtype(dtype)
+        self.body = place(self.body.eval().requires_grad_(False), f"ToxiChat body {model}", dt)
+        self.head = place(self.head.eval().requires_grad_(False), f"ToxiChat head {model}", dt)
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+
+    @torch.inference_mode()
+    def probabilities(self, rows: RewardInputs) -> np.ndarray:
+        """(rows, 2) softmax at the last EOS of each thread."""
+        eos = self.tokenizer.eos_token
+        texts = [p + c + eos for p, c in zip(rows.prompts, rows.completions)]
+        out = np.zeros((len(texts), 2))
+        device = self.head.weight.device
+        for start in range(0, len(texts), self.batch_size):
+            ids = [x[-self.max_tokens:] for x in
+                   self.tokenizer(texts[start:start + self.batch_size], add_special_tokens=False)["input_ids"]]
+            input_ids, mask = _right_padded(ids, self.tokenizer.eos_token_id)
+            hidden = self.body(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            last_eos = torch.tensor([max(i for i, t in enumerate(x) if t == self.tokenizer.eos_token_id) for x in ids])
+            picked = hidden[torch.arange(len(ids), device=device), last_eos.to(device)]
+            out[start:start + len(ids)] = self.head(picked).float().softmax(-1).cpu().numpy()
+        return out
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return self.probabilities(rows)[:, 0]
