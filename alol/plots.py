@@ -76,3 +76,26 @@ def bar_chart(path: Path, labels: list[str], values: list[float], lows: list[flo
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def curves_chart(path: Path, curves: dict[tuple[str, int], list[dict]], title: str) -> None:
+    """Validation reward against optimizer steps, one line per (algorithm, seed), a colour per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(a for a, _ in curves))}
+    for (name, seed), points in curves.items():
+        if points:
+            ax.plot([p["step"] for p in points], [p["reward"] for p in points], marker="o", color=colours[name],
+                    label=f"{name} (seed {seed})", alpha=0.85)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

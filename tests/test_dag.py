@@ -142,6 +142,8 @@ ALLOWED = {
         "outs": {"clean": {"data/clean/train_replies.parquet"}},
     },
 }
+# the noisy task: the root's stages, clean also reading the Kaggle insult comments
+ALLOWED["noisy"] = {"data_deps": {"clean"}, "code_deps": {}, "params": {}}
 # WoW / FaithDial and COMET: the reward models are hub ids / folders used in place (no reward assets
 # from data/assets, unlike the root's toxicity and MiniLM), and clean reads the task's own data.
 _REWARD_STAGES = {"clean", "annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate"}

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import run_stage
 
 pytestmark = pytest.mark.assets
 
@@ -123,3 +124,28 @@ def test_experiment_with_another_algorithm_reruns_only_finetune_onwards(tiny_pip
     assert ran == ["evaluate", "finetune"], proc.stdout
     summary = json.loads((tiny_pipeline / "results" / "finetune" / "summary.json").read_text())
     assert summary["algorithm"] == "nll"
+
+
+def test_value_from_several_sampled_replies_per_prompt(tiny_pipeline, tmp_path):
+    """estimate_value.replies_per_prompt: 3 sampled replies to each validation prompt, their mean reward
+    the head's target; greedy replies cannot be repeated (they would all be the same)."""
+    params = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
+    params["estimate_value"].update(replies_per_prompt=3, generation={"max_new_tokens": 6, "do_sample": True})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    root = tiny_pipeline
+    proc = run_stage("estimate_value.py", root / "data/annotated", root / "data/assets", root / "models/reference",
+                     tmp_path / "value", tmp_path / "results", "--params", tmp_path / "params.yaml")
+    assert proc.returncode == 0, proc.stderr
+    generations = pl.read_parquet(tmp_path / "results" / "generations.parquet")
+    validation = pl.read_parquet(root / "data/annotated/validation.parquet")
+    assert generations.height == 3 * validation.height
+    assert sorted(generations["reply"].unique().to_list()) == [0, 1, 2]
+    assert generations.group_by("prompt_id").len()["len"].to_list() == [3] * validation.height
+    details = json.loads((tmp_path / "results" / "details.json").read_text())
+    assert details["mean_generated_reward"] == pytest.approx(generations["reward"].mean())
+
+    params["estimate_value"]["generation"]["do_sample"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage("estimate_value.py", root / "data/annotated", root / "data/assets", root / "models/reference",
+                     tmp_path / "value2", tmp_path / "results2", "--params", tmp_path / "params.yaml")
+    assert proc.returncode == 1 and "set generation.do_sample: true" in proc.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from alol.data.noise import NoiseConfig, add_noise
 from alol.errors import AlolError
 from alol.params import BaseConfig
 
@@ -40,6 +41,8 @@ class CleanConfig:
         default_factory=lambda: {"train": 384, "validation": 128, "test": 128})
     """Rows kept per split after filtering (a seeded random subset; 0 keeps all). Sized so the
     default pipeline runs end to end in minutes on 2 CPU cores."""
+    noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
+    """Real bad replies mixed into the train split only (alol/data/noise.py; pipelines/noisy)."""
 
     def __post_init__(self):
         if self.context_turns < 1:
@@ -124,7 +127,7 @@ def split_groups(group_ids: list[str], cfg: CleanConfig, seed: int) -> dict[str,
 
 
 def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: CleanConfig,
-                 base: BaseConfig) -> tuple[dict[str, pl.DataFrame], dict]:
+                 base: BaseConfig, insults: list[str] | None = None) -> tuple[dict[str, pl.DataFrame], dict]:
     """The three split tables and the statistics of what was dropped and kept. Rows longer than
     base.max_prompt_tokens / base.max_completion_tokens (reply + EOS) are dropped, not truncated.
 
@@ -155,6 +158,12 @@ def build_splits(conversations: list[tuple[str, list[str]]], tokenizer, cfg: Cle
         splits[name] = pl.DataFrame(kept).select(COLUMNS)
         stats["available"][name], stats["examined"][name], stats["rows"][name] = len(part), examined, len(kept)
         stats["conversations_per_split"][name] = splits[name]["group_id"].n_unique()
+    if cfg.noise.fraction > 0:
+        def count_tokens(texts):  # + 1: the EOS, as _length_filtered counts it
+            return [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+        splits["train"], stats["noise"] = add_noise(splits["train"], insults or [], cfg.noise, seed + 2, count_tokens,
+                                                    base.max_completion_tokens)
     stats["dropped"] = {k: dropped.get(k, 0) for k in
                         ("empty", "url_only", "duplicate", "prompt_too_long", "completion_too_long")}
     return splits, stats
