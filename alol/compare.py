@@ -3,7 +3,7 @@
     python -m alol.compare                          # every algorithm: offline, preference and online
     python -m alol.compare --algorithms a_lol,nll   # a subset
     python -m alol.compare --algorithms nll,wbc,r_gold,a_lol --seeds 0,1,2   # 3 training seeds each
-    python -m alol.compare --algorithms nll,a_lol --eval-every 4 --out results/curves  # learning curves
+    python -m alol.compare --algorithms nll,a_lol --eval-every 10 --set plan.steps=60 --out results/curves
 
 Each run is `dvc exp run -S algorithm=<name> -S plan.seed_offset=<seed>`: only plan, finetune and
 evaluate rerun (the reference, value, advantages and the reference's own evaluation are cached), and
@@ -190,7 +190,8 @@ def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], re
 
 
 def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | None = None,
-            versus: list[tuple[str, str]] | None = None, eval_every: int | None = None) -> pl.DataFrame:
+            versus: list[tuple[str, str]] | None = None, eval_every: int | None = None,
+            settings: list[str] = (), resume: bool = False) -> pl.DataFrame:
     from alol.io import write_json
     from alol.plots import bar_chart, curves_chart, save_figure
 
@@ -211,19 +212,24 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
         raise AlolError(f"{root.resolve()}: git HEAD is detached (an interrupted `dvc exp run` leaves it so), and "
                         "commits made now would belong to no branch; run `git checkout <your branch>` first.")
     results = root / "results"
-    extra = [f"finetune.train.eval_every={eval_every}"] if eval_every is not None else []
+    extra = [*settings, *([f"finetune.train.eval_every={eval_every}"] if eval_every is not None else [])]
     per_run, runs, curves = [], {}, {}
     (out / "runs").mkdir(parents=True, exist_ok=True)
     try:
         for algorithm, seed in runs_order(algorithms, seeds, current):
-            seconds = run_experiment(algorithm, root, [f"plan.seed_offset={seed}", *extra])
-            row = table_row(algorithm, read(results / "evaluate" / "details.json"),
-                            read(results / "finetune" / "summary.json"), read(results / "plan.json"), seconds)
-            per_run.append({"seed": seed, **row})
-            frame = pl.read_parquet(results / "evaluate" / "generations.parquet")
-            frame.write_parquet(out / "runs" / f"{algorithm}-seed{seed}.parquet")
-            runs[(algorithm, seed)] = frame
-            curves[(algorithm, seed)] = curve(results / "finetune" / "live")
+            saved = out / "runs" / f"{algorithm}-seed{seed}"
+            if resume and saved.with_suffix(".json").exists() and saved.with_suffix(".parquet").exists():
+                record = json.loads(saved.with_suffix(".json").read_text())  # an earlier, finished run
+            else:
+                seconds = run_experiment(algorithm, root, [f"++plan.seed_offset={seed}", *extra])  # ++: add if absent
+                row = table_row(algorithm, read(results / "evaluate" / "details.json"),
+                                read(results / "finetune" / "summary.json"), read(results / "plan.json"), seconds)
+                record = {"row": {"seed": seed, **row}, "curve": curve(results / "finetune" / "live")}
+                pl.read_parquet(results / "evaluate" / "generations.parquet").write_parquet(saved.with_suffix(".parquet"))
+                write_json(record, saved.with_suffix(".json"))
+            per_run.append(record["row"])
+            runs[(algorithm, seed)] = pl.read_parquet(saved.with_suffix(".parquet"))
+            curves[(algorithm, seed)] = record["curve"]
     finally:  # `dvc exp run -S` rewrites params.yaml (comments, nulls, line wrapping): give the user's file back
         (root / "params.yaml").write_text(params_text)
         reattach(root, branch)
@@ -298,13 +304,17 @@ def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms,
          versus: str = typer.Option(None, help="Head-to-head pairs a:b,... (default: a_lol:nll,a_lol:wbc where run)."),
          eval_every: int = typer.Option(None, help="Set finetune.train.eval_every for every run (learning curves; "
                                                    "the best validation weights are then kept)."),
+         settings: list[str] = typer.Option([], "--set", help="Another `-S key=value` for every run (repeatable), "
+                                                              "e.g. --set plan.steps=60."),
+         resume: bool = typer.Option(False, help="Reuse the runs already in --out/runs (an interrupted comparison "
+                                                 "goes on where it stopped; same settings assumed)."),
          out: Path = typer.Option(Path("results/compare"), help="Folder for the tables and figures."),
          root: Path = typer.Option(Path("."), help="The DVC project (with params.yaml and dvc.yaml).")):
     """Run every (algorithm, seed) as a DVC experiment on the cached upstream and tabulate the results."""
     names = list(ALGORITHMS) if algorithms == "all" else [a.strip() for a in algorithms.split(",") if a.strip()]
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
-        frame = compare(names, root, out, seed_list, parse_versus(versus), eval_every)
+        frame = compare(names, root, out, seed_list, parse_versus(versus), eval_every, settings, resume)
     except ValueError as err:
         typer.secho(f"error (compare): --seeds {seeds!r}: {err}", fg="red", err=True)
         raise typer.Exit(1)

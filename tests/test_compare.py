@@ -49,7 +49,7 @@ def fake_experiment(root, gains, seed_shift=lambda seed: 0.0, calls=None):
     the way a killed `dvc exp run` does."""
     def run(algorithm, root_, settings=()):
         assert root_ == root
-        seed = int(next(s.split("=")[1] for s in settings if s.startswith("plan.seed_offset=")))
+        seed = int(next(s.split("=")[1] for s in settings if s.startswith("++plan.seed_offset=")))
         if calls is not None:
             calls.append((algorithm, seed, list(settings)))
         gain = gains[algorithm] + seed_shift(seed)
@@ -105,10 +105,11 @@ def test_seeds_run_every_pair_and_widen_the_interval(repo, monkeypatch):
     shifts = {0: -0.25, 1: 0.0, 2: 0.25}
     monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.0, "a_lol": 0.5},
                                                                lambda s: shifts[s], calls))
-    frame = cmp.compare(["a_lol", "nll"], repo, repo / "results" / "compare", seeds=[0, 1, 2], eval_every=4)
+    frame = cmp.compare(["a_lol", "nll"], repo, repo / "results" / "compare", seeds=[0, 1, 2], eval_every=4,
+                        settings=["plan.steps=60"])
     assert [(a, s) for a, s, _ in calls] == [("nll", 0), ("a_lol", 1), ("nll", 1), ("a_lol", 2), ("nll", 2),
                                              ("a_lol", 0)]
-    assert all("finetune.train.eval_every=4" in settings for *_, settings in calls)
+    assert all(settings[1:] == ["plan.steps=60", "finetune.train.eval_every=4"] for *_, settings in calls)
     a_lol = frame.row(1, named=True)
     assert a_lol["seeds"] == 3 and a_lol["gain"] == pytest.approx(0.5)
     assert a_lol["reward_seed_sd"] == pytest.approx(0.25)
@@ -168,3 +169,21 @@ def test_reattach_only_at_the_branch_tip(repo):
 def test_unknown_algorithm_lists_the_valid_ones(repo):
     with pytest.raises(AlolError, match="unknown algorithm.*a_lol_kl"):
         cmp.compare(["a_lol", "sft"], repo, repo / "results" / "compare")
+
+
+def test_resume_reuses_finished_runs(repo, monkeypatch):
+    """An interrupted comparison goes on where it stopped: with resume, runs saved in out/runs are read
+    back, not rerun; without it every run is redone."""
+    out = repo / "results" / "compare"
+    calls = []
+    monkeypatch.setattr(cmp, "run_experiment", fake_experiment(repo, {"nll": 0.25, "a_lol": 0.125}, calls=calls))
+    first = cmp.compare(["a_lol", "nll"], repo, out, seeds=[0, 1])
+    assert len(calls) == 4
+    (out / "runs" / "nll-seed1.json").unlink()  # as if killed during nll seed 1
+    calls.clear()
+    again = cmp.compare(["a_lol", "nll"], repo, out, seeds=[0, 1], resume=True)
+    assert [(a, s) for a, s, _ in calls] == [("nll", 1)]
+    assert again.select("algorithm", "reward", "gain").equals(first.select("algorithm", "reward", "gain"))
+    calls.clear()
+    cmp.compare(["a_lol", "nll"], repo, out, seeds=[0, 1])
+    assert len(calls) == 4
