@@ -193,7 +193,7 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
             versus: list[tuple[str, str]] | None = None, eval_every: int | None = None,
             settings: list[str] = (), resume: bool = False) -> pl.DataFrame:
     from alol.io import write_json
-    from alol.plots import bar_chart, curves_chart, save_figure
+    from alol.plots import bar_chart, curves_chart
 
     params_text = (root / "params.yaml").read_text()
     params = load_params(root / "params.yaml")  # checked, with the defaults filled in
@@ -268,13 +268,38 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
     columns = ["reward", *sorted(c for c in reference.columns if c.startswith(COMPONENT_PREFIX))]
     pooled = {name: {c: np.concatenate([f[c].to_numpy() for (a, _), f in runs.items() if a == name])
                      for c in columns} for name in dict.fromkeys(a for a, _ in runs)}
-    save_figure(out / "distribution.png", columns,
-                {"reference": {c: reference[c].to_numpy() for c in columns}, **pooled})
+    distribution_figure(out / "distribution.png", columns,
+                        {"reference": {c: reference[c].to_numpy() for c in columns}, **pooled})
     if any(curves.values()):
         write_json([{"algorithm": a, "seed": s, **point} for (a, s), points in curves.items() for point in points],
                    out / "curves.json")
         curves_chart(out / "curves.png", curves, "validation reward (greedy, finetune.validation_rows prompts)")
     return frame
+
+
+def distribution_figure(path: Path, columns: list[str], data: dict[str, dict[str, np.ndarray]]) -> None:
+    """Per reward column, the share of replies in each bin for every source. Shares, not counts: the
+    reference has one reply per prompt, an algorithm one per prompt and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alol.io import atomic_path
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.2), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        edges = np.histogram_bin_edges(np.concatenate([d[column] for d in data.values()]), bins=20)
+        for name, values in data.items():
+            ax.hist(values[column], bins=edges, weights=np.full(len(values[column]), 1 / len(values[column])),
+                    histtype="step", linewidth=1.5, label=f"{name} ({values[column].mean():.3f})")
+        ax.set_title(column)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("share of replies")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def components_markdown(parts: list[dict]) -> str:
