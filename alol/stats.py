@@ -59,7 +59,8 @@ def seed_prompt_bootstrap(a: np.ndarray, b: np.ndarray | None, resamples: int = 
     the same prompts (paired), and, independently for A and for B, seed indices with replacement from
     their own seeds. The statistic is mean(A[seeds_a][:, prompts]) - mean(B[seeds_b][:, prompts]).
     The CI is the percentile interval at `level`; p_value is the two-sided bootstrap p,
-    min(1, 2 * min(P(stat <= 0), P(stat >= 0))).
+    min(1, 2 * (1 + #(stat on the far side of 0)) / (1 + resamples)): never 0, as R resamples cannot
+    show a p below 1 / (R + 1).
 
     With one seed per algorithm the seed draw is a no-op and this is a paired prompt bootstrap.
 
@@ -89,7 +90,9 @@ def seed_prompt_bootstrap(a: np.ndarray, b: np.ndarray | None, resamples: int = 
 
     tail = (1 - level) / 2
     ci_low, ci_high = np.quantile(stats, [tail, 1 - tail])
-    p_value = min(1.0, 2 * min(np.mean(stats <= 0), np.mean(stats >= 0)))
+    # (1 + count) / (1 + resamples): a bootstrap of R resamples cannot show p below 1 / (R + 1)
+    tail = min(np.sum(stats <= 0), np.sum(stats >= 0))
+    p_value = min(1.0, 2 * (1 + tail) / (1 + resamples))
     return {"diff": float(diff), "ci_low": float(ci_low), "ci_high": float(ci_high), "p_value": float(p_value),
             "seeds_a": int(a.shape[0]), "seeds_b": None if b is None else int(b.shape[0]), "prompts": int(prompts),
             "seed_sd_a": _seed_sd(a), "seed_sd_b": None if b is None else _seed_sd(b)}

@@ -134,3 +134,11 @@ def test_fast_enough():
 def test_bad_shapes_raise(a, b, message):
     with pytest.raises(ValueError, match=message):
         seed_prompt_bootstrap(a, b, resamples=10)
+
+
+def test_p_value_is_never_zero():
+    # every resampled difference is about +10: no resample reaches 0, so the count is 0 and
+    # p = 2 * (1 + 0) / (1 + 999) = 0.002, not 0
+    a = np.full((1, 5), 10.0) + np.arange(5) * 0.01
+    out = seed_prompt_bootstrap(a, None, resamples=999)
+    assert out["p_value"] == pytest.approx(0.002)
