@@ -126,15 +126,17 @@ def curve(live: Path) -> list[dict]:
     return pl.read_csv(path, separator="\t").select("step", pl.col("reward")).to_dicts()
 
 
+def by_prompt(frame: pl.DataFrame, column: str, prompt_ids: list[str]) -> list[float]:
+    """`column` of `frame` in the order of `prompt_ids`."""
+    values = dict(zip(frame["prompt_id"].to_list(), frame[column].to_list()))
+    return [values[i] for i in prompt_ids]
+
+
 def score_matrix(runs: dict[tuple[str, int], pl.DataFrame], algorithm: str, column: str,
                  prompt_ids: list[str]) -> np.ndarray:
     """(seeds, prompts) of `column` for `algorithm`, prompts in the order of `prompt_ids`."""
-    rows = []
-    for (name, _), frame in sorted(runs.items()):
-        if name == algorithm:
-            by_id = dict(zip(frame["prompt_id"].to_list(), frame[column].to_list()))
-            rows.append([by_id[i] for i in prompt_ids])
-    return np.array(rows, dtype=float)
+    return np.array([by_prompt(frame, column, prompt_ids) for (name, _), frame in sorted(runs.items())
+                     if name == algorithm], dtype=float)
 
 
 def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], reference: pl.DataFrame,
@@ -148,7 +150,7 @@ def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], re
         if sorted(frame["prompt_id"].to_list()) != prompt_ids:
             raise AlolError(f"{name} seed {seed}: its test prompts differ from the reference's; rerun evaluate.")
     components = ["reward", *sorted(c for c in reference.columns if c.startswith(COMPONENT_PREFIX))]
-    ref = {c: score_matrix({("reference", 0): reference}, "reference", c, prompt_ids) for c in components}
+    ref = {c: np.array([by_prompt(reference, c, prompt_ids)]) for c in components}
     algorithms = list(dict.fromkeys(a for a, _ in runs))
     table, parts, tests = [], [], {}
     for name in algorithms:
@@ -193,7 +195,7 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
             versus: list[tuple[str, str]] | None = None, eval_every: int | None = None,
             settings: list[str] = (), resume: bool = False) -> pl.DataFrame:
     from alol.io import write_json
-    from alol.plots import bar_chart, curves_chart
+    from alol.plots import bar_chart, curves_chart, save_figure
 
     params_text = (root / "params.yaml").read_text()
     params = load_params(root / "params.yaml")  # checked, with the defaults filled in
@@ -268,38 +270,13 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
     columns = ["reward", *sorted(c for c in reference.columns if c.startswith(COMPONENT_PREFIX))]
     pooled = {name: {c: np.concatenate([f[c].to_numpy() for (a, _), f in runs.items() if a == name])
                      for c in columns} for name in dict.fromkeys(a for a, _ in runs)}
-    distribution_figure(out / "distribution.png", columns,
-                        {"reference": {c: reference[c].to_numpy() for c in columns}, **pooled})
+    save_figure(out / "distribution.png", columns,  # shares: the reference has a third of the replies
+                {"reference": {c: reference[c].to_numpy() for c in columns}, **pooled}, shares=True)
     if any(curves.values()):
         write_json([{"algorithm": a, "seed": s, **point} for (a, s), points in curves.items() for point in points],
                    out / "curves.json")
         curves_chart(out / "curves.png", curves, "validation reward (greedy, finetune.validation_rows prompts)")
     return frame
-
-
-def distribution_figure(path: Path, columns: list[str], data: dict[str, dict[str, np.ndarray]]) -> None:
-    """Per reward column, the share of replies in each bin for every source. Shares, not counts: the
-    reference has one reply per prompt, an algorithm one per prompt and seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from alol.io import atomic_path
-
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.2), squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        edges = np.histogram_bin_edges(np.concatenate([d[column] for d in data.values()]), bins=20)
-        for name, values in data.items():
-            ax.hist(values[column], bins=edges, weights=np.full(len(values[column]), 1 / len(values[column])),
-                    histtype="step", linewidth=1.5, label=f"{name} ({values[column].mean():.3f})")
-        ax.set_title(column)
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("share of replies")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def components_markdown(parts: list[dict]) -> str:

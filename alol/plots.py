@@ -33,7 +33,9 @@ def reward_distribution_plots(generations: pl.DataFrame, gold: pl.DataFrame, bas
                 {name: {c: frame[c].to_numpy() for c in columns if c in frame.columns} for name, frame in sources.items()})
 
 
-def save_figure(path: Path, columns: list[str], data: dict[str, dict[str, np.ndarray]]) -> None:
+def save_figure(path: Path, columns: list[str], data: dict[str, dict[str, np.ndarray]], shares: bool = False) -> None:
+    """One histogram per column, a line per source. `shares`: each bar is the share of that source's
+    replies, for sources of different sizes (one reply per prompt vs one per prompt and seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,11 +46,13 @@ def save_figure(path: Path, columns: list[str], data: dict[str, dict[str, np.nda
         present = {name: values[column] for name, values in data.items() if column in values}
         edges = np.histogram_bin_edges(np.concatenate(list(present.values())), bins=20)
         for name, values in present.items():
-            ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=f"{name} (mean {values.mean():.3f})")
+            weights = np.full(len(values), 1 / len(values)) if shares else None
+            ax.hist(values, bins=edges, weights=weights, histtype="step", linewidth=1.5,
+                    label=f"{name} (mean {values.mean():.3f})")
         ax.set_title(column)
         ax.set_xlabel("score")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("replies")
+    axes[0][0].set_ylabel("share of replies" if shares else "replies")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -74,11 +74,11 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     return b @ w + train_y.mean()
 
 
-def cross_validated(states, targets: np.ndarray, groups: list[str], folds: list[np.ndarray], fit) -> np.ndarray:
+def cross_validated(rows: int, folds: list[np.ndarray], fit) -> np.ndarray:
     """Every row's prediction by a model fit on the other folds: fit(train_rows, test_rows) -> predictions."""
-    pred = np.zeros(len(targets))
+    pred = np.zeros(rows)
     for test in folds:
-        train = np.setdiff1d(np.arange(len(targets)), test)
+        train = np.setdiff1d(np.arange(rows), test)
         pred[test] = fit(train, test)
     return pred
 
@@ -131,8 +131,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
                                         high, base.seed)
             return predict(head, [states[i] for i in test])
 
-        head_pred = cross_validated(states, y, groups, split, head_fit)
-        ridge_pred = cross_validated(states, y, groups, split,
+        head_pred = cross_validated(len(y), split, head_fit)
+        ridge_pred = cross_validated(len(y), split,
                                      lambda train, test: ridge_predict(pooled[train], y[train], pooled[test], ridge_alpha))
         results["targets"][name] = {
             "replies_per_prompt": int(table["replies"].min()), "target_mean": float(y.mean()),
