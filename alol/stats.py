@@ -91,8 +91,8 @@ def seed_prompt_bootstrap(a: np.ndarray, b: np.ndarray | None, resamples: int = 
     tail = (1 - level) / 2
     ci_low, ci_high = np.quantile(stats, [tail, 1 - tail])
     # (1 + count) / (1 + resamples): a bootstrap of R resamples cannot show p below 1 / (R + 1)
-    tail = min(np.sum(stats <= 0), np.sum(stats >= 0))
-    p_value = min(1.0, 2 * (1 + tail) / (1 + resamples))
+    far_side = min(np.sum(stats <= 0), np.sum(stats >= 0))
+    p_value = min(1.0, 2 * (1 + far_side) / (1 + resamples))
     return {"diff": float(diff), "ci_low": float(ci_low), "ci_high": float(ci_high), "p_value": float(p_value),
             "seeds_a": int(a.shape[0]), "seeds_b": None if b is None else int(b.shape[0]), "prompts": int(prompts),
             "seed_sd_a": _seed_sd(a), "seed_sd_b": None if b is None else _seed_sd(b)}

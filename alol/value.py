@@ -169,13 +169,18 @@ def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, groups: list
                              select_mse=best, select_rows=len(select), fit_rows=len(fit)), curve
 
 
+def r2(pred: np.ndarray, target: np.ndarray) -> float:
+    """1 - SSE / SST over all rows (0 when the target is constant)."""
+    var = float(np.var(target))
+    return 1 - float(np.mean((pred - target) ** 2)) / var if var > 0 else 0.0
+
+
 def fit_quality(pred: np.ndarray, target: np.ndarray, **extra) -> dict:
     """Held-out MSE, R^2 and Pearson r on the report rows (NaN-free: 0 when a side is constant)."""
     mse = float(np.mean((pred - target) ** 2))
-    var = float(np.var(target))
-    r2 = 1 - mse / var if var > 0 else 0.0
     r = float(np.corrcoef(pred, target)[0, 1]) if np.std(pred) > 0 and np.std(target) > 0 else 0.0
-    return {"heldout_mse": mse, "heldout_r2": r2, "heldout_pearson_r": r, "heldout_rows": len(target), **extra}
+    return {"heldout_mse": mse, "heldout_r2": r2(pred, target), "heldout_pearson_r": r, "heldout_rows": len(target),
+            **extra}
 
 
 def reward_range(cfg: ValueConfig, params: dict) -> tuple[float, float]:

@@ -25,18 +25,15 @@ import polars as pl
 import typer
 
 from alol.errors import AlolError
-
-
-def r2(pred: np.ndarray, target: np.ndarray) -> float:
-    """1 - SSE / SST over all rows (0 when the target is constant)."""
-    sst = float(np.sum((target - target.mean()) ** 2))
-    return 1.0 - float(np.sum((pred - target) ** 2)) / sst if sst > 0 else 0.0
+from alol.io import write_json
+from alol.value import r2
 
 
 def auc(higher: np.ndarray, lower: np.ndarray) -> float:
     """P(a random row of `higher` scores above a random row of `lower`), ties counting half."""
-    higher, lower = np.asarray(higher)[:, None], np.asarray(lower)[None, :]
-    return float(np.mean((higher > lower) + 0.5 * (higher == lower)))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(higher)), np.zeros(len(lower))], np.r_[higher, lower]))
 
 
 def noise_separation(table: pl.DataFrame) -> dict:
@@ -143,11 +140,9 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     for item in advantages:
         name, _, path = item.partition("=")
         results.setdefault("noise_separation", {})[name] = noise_separation(pl.read_parquet(path))
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        write_json(results, out)
 
 
 if __name__ == "__main__":
