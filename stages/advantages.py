@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from alol.advantages import candidate_rows, with_advantages
-from alol.cli import stage
-from alol.device import is_main_process
-from alol.io import read_parquet, write_json, write_parquet
-from alol.model import ModelConfig, load_tokenizer, tokenizer_fingerprint
-from alol.params import BaseConfig, load_params, section
-from alol.policy import load_frozen, table_examples
-from alol.reference import reference_pass
-from alol.value import ValueHead
+from alol.training.advantages import candidate_rows, with_advantages
+from alol.core.stage import stage
+from alol.core.device import is_main_process
+from alol.core.io import read_parquet, write_json, write_parquet
+from alol.models.load import ModelConfig, load_tokenizer, tokenizer_fingerprint
+from alol.core.params import BaseConfig, load_params, section
+from alol.training.reference import load_frozen, table_examples
+from alol.models.reference_pass import reference_pass
+from alol.models.value import ValueHead
 
 
 @stage

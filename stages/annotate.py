@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-from alol.annotate import STATE_FILE, annotate_splits, load_reward
-from alol.cli import stage
-from alol.device import is_main_process
-from alol.data.chitchat import SPLITS
-from alol.io import read_parquet, write_all
-from alol.params import load_params
+from alol.rewards.annotate import STATE_FILE, annotate_splits, load_reward
+from alol.core.stage import stage
+from alol.core.device import is_main_process
+from alol.tasks.chitchat import SPLITS
+from alol.core.io import read_parquet, write_all
+from alol.core.params import load_params
 
 
 @stage

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-from alol.assets import DownloadConfig, build_assets, fetch_hh_data, fetch_reddit_data, fetch_task_data
-from alol.errors import AlolError
-from alol.cli import stage
-from alol.io import atomic_path
-from alol.params import load_params, section
+from alol.core.fetch import DownloadConfig, build_assets, fetch_hh_data, fetch_reddit_data, fetch_task_data
+from alol.core.errors import AlolError
+from alol.core.stage import stage
+from alol.core.io import atomic_path
+from alol.core.params import load_params, section
 
 
 @stage

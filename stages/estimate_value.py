@@ -10,17 +10,17 @@ import numpy as np
 import polars as pl
 import typer
 
-from alol.annotate import load_reward, reward_inputs
-from alol.cli import stage
-from alol.device import is_main_process
-from alol.generate import generate
-from alol.io import atomic_path, read_parquet, write_json, write_parquet
-from alol.model import ModelConfig, load_tokenizer
-from alol.params import BaseConfig, load_params, section
-from alol.policy import load_frozen
-from alol.reference import reference_pass
-from alol.sequences import Example, encode_prompts
-from alol.value import ValueConfig, fit_value_head, reward_range
+from alol.rewards.annotate import load_reward, reward_inputs
+from alol.core.stage import stage
+from alol.core.device import is_main_process
+from alol.models.generate import generate
+from alol.core.io import atomic_path, read_parquet, write_json, write_parquet
+from alol.models.load import ModelConfig, load_tokenizer
+from alol.core.params import BaseConfig, load_params, section
+from alol.training.reference import load_frozen
+from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import Example, encode_prompts
+from alol.models.value import ValueConfig, fit_value_head, reward_range
 
 
 @stage

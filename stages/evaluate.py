@@ -10,12 +10,12 @@ from pathlib import Path
 
 import typer
 
-from alol.cli import stage
-from alol.device import is_main_process
-from alol.evaluate import EvaluateConfig, evaluate_policy, headline
-from alol.io import read_parquet, write_all
-from alol.params import BaseConfig, load_params, section
-from alol.plots import reward_distribution_plots
+from alol.core.stage import stage
+from alol.core.device import is_main_process
+from alol.evaluation.evaluate import EvaluateConfig, evaluate_policy, headline
+from alol.core.io import read_parquet, write_all
+from alol.core.params import BaseConfig, load_params, section
+from alol.evaluation.plots import reward_distribution_plots
 
 
 @stage

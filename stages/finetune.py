@@ -13,21 +13,21 @@ from pathlib import Path
 
 import typer
 
-from alol.cli import LiveLog, stage
-from alol.device import is_main_process
-from alol.errors import AlolError
-from alol.annotate import load_reward
-from alol.finetune import (FinetuneConfig, check_algorithm, make_validator, offline_loss_fn, offline_rows,
+from alol.core.stage import LiveLog, stage
+from alol.core.device import is_main_process
+from alol.core.errors import AlolError
+from alol.rewards.annotate import load_reward
+from alol.algorithms.finetune import (FinetuneConfig, check_algorithm, make_validator, offline_loss_fn, offline_rows,
                            preference_loss_fn, preference_rows, validation_interval)
-from alol.advantages import select_plan, step_scales
-from alol.io import atomic_path, read_parquet, write_json
-from alol.losses import ALGORITHMS
-from alol.pairs import PAIR_COLUMNS
-from alol.online import run_online
-from alol.model import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
-from alol.params import BaseConfig, load_params, section
-from alol.policy import load_trainable
-from alol.train import Checkpoint, folder_digest, run_fingerprint, summarize, train
+from alol.training.advantages import select_plan, step_scales
+from alol.core.io import atomic_path, read_parquet, write_json
+from alol.algorithms.losses import ALGORITHMS
+from alol.algorithms.pairs import PAIR_COLUMNS
+from alol.algorithms.ppo_trainer import run_online
+from alol.models.load import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
+from alol.core.params import BaseConfig, load_params, section
+from alol.training.reference import load_trainable
+from alol.training.loop import Checkpoint, folder_digest, run_fingerprint, summarize, train
 
 
 @stage

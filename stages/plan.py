@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-from alol.advantages import PlanConfig, make_plans
-from alol.cli import stage
-from alol.finetune import FinetuneConfig
-from alol.io import read_parquet, write_json, write_parquet
-from alol.params import BaseConfig, load_params, section
+from alol.training.advantages import PlanConfig, make_plans
+from alol.core.stage import stage
+from alol.algorithms.finetune import FinetuneConfig
+from alol.core.io import read_parquet, write_json, write_parquet
+from alol.core.params import BaseConfig, load_params, section
 
 
 @stage

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from alol.annotate import load_reward, reward_inputs
-from alol.cli import stage
-from alol.device import is_main_process
-from alol.generate import generate
-from alol.io import read_parquet, write_json, write_parquet
-from alol.model import ModelConfig, load_tokenizer
-from alol.pairs import SampleConfig, order_pairs
-from alol.params import BaseConfig, load_params, section
-from alol.policy import load_frozen
-from alol.reference import reference_pass
+from alol.rewards.annotate import load_reward, reward_inputs
+from alol.core.stage import stage
+from alol.core.device import is_main_process
+from alol.models.generate import generate
+from alol.core.io import read_parquet, write_json, write_parquet
+from alol.models.load import ModelConfig, load_tokenizer
+from alol.algorithms.pairs import SampleConfig, order_pairs
+from alol.core.params import BaseConfig, load_params, section
+from alol.training.reference import load_frozen
+from alol.models.reference_pass import reference_pass
 from alol.rewards import raw_reward
-from alol.sequences import encode
+from alol.models.logprobs import encode
 
 
 @stage

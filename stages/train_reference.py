@@ -8,15 +8,15 @@ from pathlib import Path
 
 import typer
 
-from alol.cli import LiveLog, stage
-from alol.device import is_main_process
-from alol.finetune import offline_loss_fn, FinetuneConfig
-from alol.io import atomic_path, read_parquet, write_json
-from alol.model import ModelConfig, load_policy, load_tokenizer, save_policy
-from alol.params import BaseConfig, load_params, section
-from alol.plan import uniform_plan
-from alol.policy import ReferenceConfig, table_examples
-from alol.train import Checkpoint, folder_digest, run_fingerprint, summarize, train
+from alol.core.stage import LiveLog, stage
+from alol.core.device import is_main_process
+from alol.algorithms.finetune import offline_loss_fn, FinetuneConfig
+from alol.core.io import atomic_path, read_parquet, write_json
+from alol.models.load import ModelConfig, load_policy, load_tokenizer, save_policy
+from alol.core.params import BaseConfig, load_params, section
+from alol.training.plans import uniform_plan
+from alol.training.reference import ReferenceConfig, table_examples
+from alol.training.loop import Checkpoint, folder_digest, run_fingerprint, summarize, train
 
 
 @stage
@@ -30,9 +30,9 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     base, model_cfg, cfg = section(p, "base", BaseConfig), section(p, "model", ModelConfig), section(
         p, "train_reference", ReferenceConfig)
     if cfg.source != "train":  # an existing model or adapter, used as is
-        from alol.policy import load_frozen
+        from alol.training.reference import load_frozen
 
-        from alol.model import hub_adapter
+        from alol.models.load import hub_adapter
 
         source = Path(cfg.source) if Path(cfg.source).is_dir() else hub_adapter(cfg.source)
         if not is_main_process():

@@ -100,10 +100,10 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     import numpy as np
     import torch
 
-    from alol import losses
-    from alol.annotate import annotate_splits
-    from alol.finetune import preference_rows
-    from alol.pairs import order_pairs
+    from alol.algorithms import losses
+    from alol.rewards.annotate import annotate_splits
+    from alol.algorithms.finetune import preference_rows
+    from alol.algorithms.pairs import order_pairs
     from alol.rewards import RewardComponentConfig, RewardFunction
 
     reward = RewardFunction({"oasst": RewardComponentConfig(type="reward_model", model="never-loaded")}, ".")
@@ -126,7 +126,7 @@ def test_without_a_reward_model_the_raw_reward_is_the_reward(workdir):
     """Chit-chat: no component squashes a logit, so PRO's temperature is the task reward's difference."""
     import numpy as np
 
-    from alol.pairs import order_pairs
+    from alol.algorithms.pairs import order_pairs
 
     frame = pl.DataFrame({"prompt_id": ["a"], "prompt": ["p"], "completion": ["d"], "reward": [0.75]})
     pairs = order_pairs(frame, ["g"], np.array([0.25]), [-1.0], [-2.0])
@@ -159,7 +159,7 @@ def test_stored_logits_score_the_train_split_only(monkeypatch):
 
 def test_a_failure_after_the_first_write_leaves_no_output(tmp_path):
     """write_all stages every output first: the table written before the failing JSON must not appear."""
-    from alol.io import write_all
+    from alol.core.io import write_all
 
     table = pl.DataFrame({"a": [1, 2]})
     with pytest.raises(TypeError):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from alol.bench import report, step_flops
+from alol.tools.bench import report, step_flops
 
 
 def test_step_flops_count_what_each_case_computes():

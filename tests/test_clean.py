@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from alol.data.chitchat import CleanConfig, build_splits, conversation_rows, load_conversations
-from alol.params import BaseConfig
-from alol.errors import AlolError
+from alol.tasks.chitchat import CleanConfig, build_splits, conversation_rows, load_conversations
+from alol.core.params import BaseConfig
+from alol.core.errors import AlolError
 from conftest import build_tokenizer, run_stage
 
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from alol.data.comet import CometCleanConfig, build_comet_splits, read_atomic10x, read_atomic2020_test, render_prompt
-from alol.errors import AlolError
+from alol.tasks.comet import CometCleanConfig, build_comet_splits, read_atomic10x, read_atomic2020_test, render_prompt
+from alol.core.errors import AlolError
 from alol.rewards.comet import NameSampler, critic_pair, parse_prompt
 from alol.rewards.components import RewardInputs
 from conftest import REPO, deep_update

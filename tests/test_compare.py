@@ -7,9 +7,9 @@ import subprocess
 import polars as pl
 import pytest
 
-from alol import compare as cmp
-from alol.errors import AlolError
-from alol.io import write_json
+from alol.tools import compare as cmp
+from alol.core.errors import AlolError
+from alol.core.io import write_json
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 PARAMS = "# the user's comment\nalgorithm: a_lol  # kept verbatim\n"

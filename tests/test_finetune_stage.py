@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alol.advantages import PlanConfig, make_plans, with_advantages
-from alol.model import ModelConfig, load_policy, tokenizer_fingerprint
-from alol.reference import reference_pass
-from alol.sequences import encode
+from alol.training.advantages import PlanConfig, make_plans, with_advantages
+from alol.models.load import ModelConfig, load_policy, tokenizer_fingerprint
+from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import encode
 from conftest import build_tiny_llama, run_stage
 
 PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
@@ -161,7 +161,7 @@ def test_two_processes_match_one_with_doubled_accumulation(workdir):
 
 def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):
     """A SIGKILL while DVCLive rewrites metrics.json or appends a curve row must not stop the resume."""
-    from alol.cli import LiveLog
+    from alol.core.stage import LiveLog
 
     live = tmp_path / "live"
     (live / "plots" / "metrics").mkdir(parents=True)

@@ -2,7 +2,7 @@
 
     ALOL_EXPECT_DEVICE=cuda pytest -m gpu -s        # on a CUDA machine (skipped elsewhere)
 
-ALOL_EXPECT_DEVICE=cuda makes every stage and every `alol.device.place` call fail unless the
+ALOL_EXPECT_DEVICE=cuda makes every stage and every `alol.core.device.place` call fail unless the
 model landed on a CUDA device, so the tiny default pipeline below checks every model of every
 stage. Tokens/s and peak GPU memory are printed as `[gpu] ...` lines. ALOL_GPU_TESTS_ON_CPU=1
 runs the same code on the CPU (a dry run of the code paths, with no CUDA assertions).
@@ -22,13 +22,13 @@ import pytest
 import torch
 import yaml
 
-from alol.device import device, reward_dtype
-from alol.finetune import FinetuneConfig, offline_loss_fn
-from alol.generate import GenerationConfig, generate
-from alol.model import ModelConfig, load_policy
-from alol.plan import uniform_plan
-from alol.sequences import encode
-from alol.train import TrainConfig, train
+from alol.core.device import device, reward_dtype
+from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn
+from alol.models.generate import GenerationConfig, generate
+from alol.models.load import ModelConfig, load_policy
+from alol.training.plans import uniform_plan
+from alol.models.logprobs import encode
+from alol.training.loop import TrainConfig, train
 from conftest import CORPUS, TINY_PARAMS, build_tokenizer, deep_update, tracked_copy
 
 ON_GPU = torch.cuda.is_available()

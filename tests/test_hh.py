@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from alol.data.hh import (HHCleanConfig, SYSTEM, clean_hh, hh_rlhf_row, load_hh, read_pro_file, render_prompt,
+from alol.tasks.hh import (HHCleanConfig, SYSTEM, clean_hh, hh_rlhf_row, load_hh, read_pro_file, render_prompt,
                           reward_model_text)
-from alol.errors import AlolError
+from alol.core.errors import AlolError
 from conftest import REPO, build_tiny_llama, build_tokenizer, deep_update
 
 DATA = Path(__file__).parent / "data"
@@ -237,7 +237,7 @@ def test_hh_pipeline_end_to_end_on_tiny_models(tmp_path):
     validation = (hh / "results" / "finetune" / "live" / "plots" / "metrics" / "validation" / "reward.tsv")
     assert len(validation.read_text().splitlines()) >= 3 and not (hh / "data" / "checkpoints" / "finetune").exists()
     # the test split's data replies are scored by the test reward model, like the policies' replies
-    from alol.data.hh import reward_model_text
+    from alol.tasks.hh import reward_model_text
     from alol.rewards.reward_model import RewardModel
 
     test = pl.read_parquet(hh / "data" / "annotated" / "test.parquet")

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from alol import losses
+from alol.algorithms import losses
 
 LOGPS = [[-1.0, -2.0, -9.0], [-0.5, -1.5, -3.0]]
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -139,15 +139,15 @@ def test_algorithm_table_matches_the_spec():
     ("dpo", "uniform"),              # preference algorithms train on the pairs plan only
 ])
 def test_mismatched_sampling_strategy_is_refused(algorithm, strategy):
-    from alol.errors import AlolError
-    from alol.finetune import FinetuneConfig, check_algorithm
+    from alol.core.errors import AlolError
+    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
 
     with pytest.raises(AlolError, match=rf"finetune\.sampling_strategy '{strategy}' does not fit {algorithm}; valid"):
         check_algorithm(algorithm, FinetuneConfig(sampling_strategy=strategy))
 
 
 def test_auto_and_fitting_strategies():
-    from alol.finetune import FinetuneConfig, check_algorithm
+    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
 
     auto = {name: check_algorithm(name, FinetuneConfig()) for name in losses.ALGORITHMS}
     assert auto == {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority",
@@ -160,8 +160,8 @@ def test_auto_and_fitting_strategies():
 
 def test_online_algorithms_take_no_plan():
     """ppo, grpo and rloo train on their own rollouts: a sampling strategy for a plan of rows is an error."""
-    from alol.errors import AlolError
-    from alol.finetune import FinetuneConfig, check_algorithm
+    from alol.core.errors import AlolError
+    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
 
     assert {n for n, a in losses.ALGORITHMS.items() if a.online} == {"ppo", "grpo", "rloo"}
     assert losses.ALGORITHMS["ppo"].online == "alol" and losses.ALGORITHMS["grpo"].online == "trl"

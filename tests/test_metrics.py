@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alol.metrics import bootstrap_ci, distinct_n, kl_estimate, paired_comparison, text_stats, win_rate
+from alol.evaluation.metrics import bootstrap_ci, distinct_n, kl_estimate, paired_comparison, text_stats, win_rate
 
 
 def test_distinct_n_by_hand():
@@ -73,7 +73,7 @@ def test_kl_estimate_by_hand():
 
 
 def test_extractive_fragments_and_coverage_density_by_hand():
-    from alol.metrics import coverage_density, extractive_fragments, grounding_stats
+    from alol.evaluation.metrics import coverage_density, extractive_fragments, grounding_stats
 
     # reply "the cat sat on the mat today", knowledge "a cat sat on a mat the mat today":
     # at "the" (pos 0) the longest run in the knowledge is "the" (then "cat" != "mat") -> [the];

@@ -8,10 +8,10 @@ import json
 import polars as pl
 import pytest
 
-from alol.data.chitchat import CleanConfig, build_splits, load_conversations
-from alol.data.noise import NoiseConfig, add_noise, decode_comment, load_insults
-from alol.errors import AlolError
-from alol.params import BaseConfig
+from alol.tasks.chitchat import CleanConfig, build_splits, load_conversations
+from alol.tasks.noise import NoiseConfig, add_noise, decode_comment, load_insults
+from alol.core.errors import AlolError
+from alol.core.params import BaseConfig
 from conftest import run_stage
 from test_clean import synthetic
 

@@ -17,7 +17,7 @@ from test_ppo import adapter_reference, finetune, prepare  # noqa: F401  (a fixt
 
 @pytest.mark.parametrize("algorithm, beta", [("grpo", 0.0), ("rloo", 0.05)])
 def test_trl_online_through_the_stage(adapter_reference, tiny_tokenizer, algorithm, beta):  # noqa: F811
-    from alol.model import ModelConfig, load_policy
+    from alol.models.load import ModelConfig, load_policy
 
     root = prepare(adapter_reference, tiny_tokenizer)
     params = {"base": {"seed": 3, "max_prompt_tokens": 32, "max_completion_tokens": 16},

@@ -2,9 +2,9 @@
 
 import pytest
 
-from alol.data.chitchat import CleanConfig
-from alol.errors import AlolError
-from alol.params import load_params, section
+from alol.tasks.chitchat import CleanConfig
+from alol.core.errors import AlolError
+from alol.core.params import load_params, section
 
 
 def write(tmp_path, text):
@@ -64,7 +64,7 @@ def test_unknown_setting_in_any_section_is_caught_at_load(tmp_path):
 def test_nested_settings_keep_the_enclosing_default(tmp_path):
     """`finetune: {train: {eval_every: 5}}` changes eval_every only: the batch stays finetune's
     default (8), not TrainConfig's class default."""
-    from alol.finetune import FinetuneConfig
+    from alol.algorithms.finetune import FinetuneConfig
 
     cfg = section(write(tmp_path, "finetune:\n  train: {eval_every: 5}\n"), "finetune", FinetuneConfig)
     assert (cfg.train.eval_every, cfg.train.batch_size, cfg.train.learning_rate) == (5, 8, 1.0e-4)
@@ -89,7 +89,7 @@ def test_root_params_repeat_the_dataclass_defaults():
 
     import yaml
 
-    from alol.params import SCALARS, section_class
+    from alol.core.params import SCALARS, section_class
 
     root = Path(__file__).resolve().parents[1] / "params.yaml"
     written = yaml.safe_load(root.read_text())

@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alol import ppo
-from alol.model import ModelConfig, tokenizer_fingerprint
+from alol.algorithms import ppo
+from alol.models.load import ModelConfig, tokenizer_fingerprint
 from conftest import build_tiny_llama, run_stage
 
 
@@ -106,8 +106,8 @@ def test_rollout_targets_put_the_penalty_on_the_reference_log_ratio():
     """The loop's glue on two rollouts of 2 and 1 tokens (gamma = lambda = 1, V = 0, beta 0.5): rollout A
     (log pi -1, -2; log pi_ref -1.5, -1; reward 1) gets per-token rewards -0.25, 0.5 + 1, so returns
     1.25, 1.5; rollout B (log pi = log pi_ref = -1; reward 2) returns 2. KL per reply: -0.5 and 0."""
-    from alol.finetune import PPOConfig
-    from alol.online import rollout_targets
+    from alol.algorithms.finetune import PPOConfig
+    from alol.algorithms.ppo_trainer import rollout_targets
 
     scored = [([-1.0, -2.0], [0.0, 0.0], [-1.5, -1.0]), ([-1.0], [0.0], [-1.0])]
     advantages, returns, stats = rollout_targets(np.array([1.0, 2.0]), scored, PPOConfig(gamma=1.0, lam=1.0),
@@ -140,7 +140,7 @@ def adapter_reference(tmp_path, tiny_tokenizer):
 
 
 def rollout_batch(tokenizer):
-    from alol.sequences import Example
+    from alol.models.logprobs import Example
 
     prompt = tokenizer("hello there how are you", add_special_tokens=False)["input_ids"]
     return [Example(prompt, tokenizer("i am fine", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]),
@@ -152,9 +152,9 @@ def test_penalty_uses_the_reference_not_the_current_policy(adapter_reference, ti
     """After the policy moves, the log-probs the KL penalty reads are the reference's (the frozen copy of
     the reference adapter; or, for a full reference model, the base with the adapter disabled), not
     the policy's; and no second model is loaded. QLoRA (HH's setting) too, on the CPU."""
-    from alol import online
-    from alol.policy import load_frozen, load_trainable
-    from alol.sequences import collate, completion_logps
+    from alol.algorithms import ppo_trainer as online
+    from alol.training.reference import load_frozen, load_trainable
+    from alol.models.logprobs import collate, completion_logps
 
     reference = adapter_reference / ("reference" if reference_kind == "adapter" else "base")
     cfg = ModelConfig(mode=mode, lora_r=4, lora_alpha=8)

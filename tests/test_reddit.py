@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 
-from alol.data.reddit import (FILES, RedditCleanConfig, clean_reddit, collapse, load_reddit, pandas_sample_order,
+from alol.tasks.reddit import (FILES, RedditCleanConfig, clean_reddit, collapse, load_reddit, pandas_sample_order,
                               read_csv, replace_urls)
-from alol.errors import AlolError
+from alol.core.errors import AlolError
 from alol.rewards import RewardComponentConfig, build_component
 from alol.rewards.components import Diversity, RewardInputs
 from conftest import REPO, build_tokenizer, deep_update

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from alol.errors import AlolError
+from alol.core.errors import AlolError
 from alol.rewards import RewardComponentConfig, RewardFunction
 from alol.rewards.components import Diversity, RewardInputs
 from alol.rewards.toxicity import KerasTextTokenizer

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
-from alol.generate import GenerationConfig, generate
-from alol.model import ModelConfig, load_policy
-from alol.reference import reference_pass
-from alol.sequences import encode, encode_prompts
+from alol.models.generate import GenerationConfig, generate
+from alol.models.load import ModelConfig, load_policy
+from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import encode, encode_prompts
 from conftest import build_tiny_llama, build_tokenizer
 
 PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from alol.stats import holm, seed_prompt_bootstrap
+from alol.evaluation.stats import holm, seed_prompt_bootstrap
 
 
 def test_holm_step_down_is_monotone():

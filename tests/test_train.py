@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from alol import losses
-from alol.finetune import FinetuneConfig, offline_loss_fn, preference_loss_fn
-from alol.model import ModelConfig, load_policy
-from alol.plan import uniform_plan
-from alol.reference import reference_pass
-from alol.sequences import collate, completion_logps, encode
-from alol.train import TrainConfig, train
+from alol.algorithms import losses
+from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn, preference_loss_fn
+from alol.models.load import ModelConfig, load_policy
+from alol.training.plans import uniform_plan
+from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import collate, completion_logps, encode
+from alol.training.loop import TrainConfig, train
 from conftest import build_tiny_llama
 
 PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
@@ -113,7 +113,7 @@ def test_saved_adapter_is_byte_identical_across_processes(tiny, tmp_path):
     import sys
 
     path, _ = tiny
-    script = ("import sys, torch; from alol.model import ModelConfig, load_policy, load_tokenizer, save_policy; "
+    script = ("import sys, torch; from alol.models.load import ModelConfig, load_policy, load_tokenizer, save_policy; "
               "torch.manual_seed(0); m = load_policy(sys.argv[1], ModelConfig(mode='lora')); "
               "save_policy(m, load_tokenizer(sys.argv[1]), sys.argv[2])")
     for seed in ("1", "2"):
@@ -207,7 +207,7 @@ class Crash(Exception):
 
 def test_best_weights_and_score_survive_a_resume(tiny, tmp_path):
     """Killed after the step-2 checkpoint, the resumed run still knows that step 1 scored best."""
-    from alol.train import Checkpoint
+    from alol.training.loop import Checkpoint
 
     path, tok = tiny
 
@@ -242,8 +242,8 @@ def test_best_weights_and_score_survive_a_resume(tiny, tmp_path):
 def test_a_saved_adapter_loads_from_outside_its_repository(tmp_path, tiny_tokenizer, monkeypatch):
     """models/policy records its base as data/assets/policy (relative to the repository): it must load
     from any folder, as peft loads it from the repository root."""
-    from alol.model import load_tokenizer, save_policy
-    from alol.policy import load_frozen
+    from alol.models.load import load_tokenizer, save_policy
+    from alol.training.reference import load_frozen
 
     repo = tmp_path / "repo"
     build_tiny_llama(repo / "data" / "assets" / "policy", tiny_tokenizer)

@@ -9,12 +9,12 @@ import polars as pl
 import pytest
 import torch
 
-from alol.advantages import PlanConfig, make_plans, select_plan, step_scales
-from alol.errors import AlolError
-from alol.generate import cut_at_stop
-from alol.pairs import order_pairs
-from alol.plan import priority_plan, uniform_plan
-from alol.value import ValueConfig, ValueHead, fit_quality, fit_value_head, predict
+from alol.training.advantages import PlanConfig, make_plans, select_plan, step_scales
+from alol.core.errors import AlolError
+from alol.models.generate import cut_at_stop
+from alol.algorithms.pairs import order_pairs
+from alol.training.plans import priority_plan, uniform_plan
+from alol.models.value import ValueConfig, ValueHead, fit_quality, fit_value_head, predict
 
 
 def test_fit_quality_by_hand():
@@ -54,7 +54,7 @@ def test_value_head_learns_a_signal_and_round_trips(tmp_path):
 def test_value_rows_split_by_conversation_three_ways():
     """8 rows of 5 conversations; heldout_fraction 0.4 -> round(0.4 x 5) = 2 held-out conversations:
     1 selects the epoch, 1 reports, 3 fit. No conversation is on two sides."""
-    from alol.value import group_split
+    from alol.models.value import group_split
 
     groups = ["a", "a", "b", "b", "c", "d", "d", "e"]
     fit, select, report = group_split(groups, 0.4, seed=0)
@@ -110,7 +110,7 @@ def test_all_priority_takes_steps_times_the_summed_positive_fractions():
 def test_validation_interval_scales_like_the_steps():
     """The authors' HH A-LoL run: 9000 x p steps, validation every 900 x p (~10 validations).
     p = 0.64: 900 x 0.64 = 576; uniform (scale 1): 900; off stays off; never below 1 step."""
-    from alol.finetune import validation_interval
+    from alol.algorithms.finetune import validation_interval
 
     assert validation_interval(900, 0.64) == 576
     assert validation_interval(900, 1.0) == 900

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from alol.errors import AlolError
-from alol.value_study import group_folds, r2, ridge_predict
+from alol.core.errors import AlolError
+from alol.tools.value_study import group_folds, r2, ridge_predict
 
 
 def test_r2_by_hand():
@@ -41,7 +41,7 @@ def test_ridge_recovers_a_linear_signal_and_shrinks_to_the_mean():
 def test_noise_separation_by_hand():
     import polars as pl
 
-    from alol.value_study import auc, noise_separation
+    from alol.tools.value_study import auc, noise_separation
 
     # clean advantages {1, 3} vs insult {0, 3}: pairs (1>0) (1<3) (3>0) (3=3) -> (1 + 0 + 1 + 0.5) / 4
     assert auc(np.array([1.0, 3.0]), np.array([0.0, 3.0])) == pytest.approx(0.625)

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from alol.data.wow import (WowCleanConfig, build_wow_splits, faithdial_examples, fit_history, load_examples,
+from alol.tasks.wow import (WowCleanConfig, build_wow_splits, faithdial_examples, fit_history, load_examples,
                            render_prompt, wow_examples)
-from alol.errors import AlolError
+from alol.core.errors import AlolError
 from alol.rewards.components import RewardInputs
 from conftest import REPO, build_tokenizer, deep_update
 
@@ -294,7 +294,7 @@ def test_faithdial_wow_pipeline_end_to_end_on_tiny_models(tmp_path):
                 *components} <= set(details[side])
     # gold FaithDial test replies copy their knowledge: "topicN was founded in 1990, I believe." over
     # "topicN was founded in 1990." is one fragment of 4 of 6 tokens ("1990," differs from "1990.")
-    from alol.metrics import coverage_density
+    from alol.evaluation.metrics import coverage_density
 
     test = pl.read_parquet(task / "data" / "annotated" / "test.parquet")
     expected = np.mean([coverage_density(r, k)[0] for r, k in zip(test["completion"], test["knowledge"])])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alol.errors import AlolError
-from alol.shard import map_blocks
+from alol.core.errors import AlolError
+from alol.core.shard import map_blocks
 from alol.rewards.components import (Component, DialogRPT, DialogueRewardModel, Diversity, HarperFluency,
                                      HFClassifier, Positivity, PythonFunction, Relevance, RewardInputs, Safety,
                                      ToxiChat)
@@ -73,7 +73,7 @@ class RewardComponentConfig:
     """Rows per forward pass for model-based components."""
     dtype: str = "auto"
     """Model-based components: float32, bfloat16 or float16; auto: bf16 on a GPU for reward_model and
-    hf_classifier, float32 for the small built-ins and on the CPU (alol/device.py says why)."""
+    hf_classifier, float32 for the small built-ins and on the CPU (alol/core/device.py says why)."""
 
 
 def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: str) -> Component:
@@ -147,7 +147,7 @@ class RewardFunction:
         """Score `rows`. `source` and `row_ids` only serve error messages (file and row).
 
         Rows are scored in blocks of BLOCK_ROWS in their given order, the blocks dealt to processes
-        (alol.shard): every process must call this with the same rows, and gets every score back;
+        (alol.core.shard): every process must call this with the same rows, and gets every score back;
         local=True scores this process's own rows alone (a TRL trainer's per-process completions).
         `raw_reward` (the weighted sum with each squashed component's raw value, e.g. a reward
         model's logit) is added when a component has one."""
@@ -190,7 +190,7 @@ def raw_reward(table) -> np.ndarray:
 
 def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:
     """The `rewards:` section of loaded params as component configs."""
-    from alol.params import from_dict
+    from alol.core.params import from_dict
 
     where = f"{params.get('__file__', 'params.yaml')}: rewards"
     raw = params.get("rewards") or {}

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from alol.device import place, reward_dtype
-from alol.errors import AlolError
+from alol.core.device import place, reward_dtype
+from alol.core.errors import AlolError
 from alol.rewards.components import Component, RewardInputs
 
 PHRASES = {

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alol.device import load_kwargs, place, reward_dtype
-from alol.errors import AlolError
+from alol.core.device import load_kwargs, place, reward_dtype
+from alol.core.errors import AlolError
 
 
 @dataclasses.dataclass
@@ -205,7 +205,7 @@ class HFClassifier(Component):
         except (OSError, ValueError) as err:
             raise AlolError(f"{where}.model: could not load {model!r} as a sequence classifier: {err}") from None
         if info["missing_keys"]:  # e.g. a base model with no classifier head: transformers made one up
-            from alol.cli import console
+            from alol.core.stage import console
 
             console.print(f"[bold yellow]warning[/] {where}.model: {model} has no weights for "
                           f"{sorted(info['missing_keys'])[:4]}: they were newly initialised at random, so this "
@@ -306,7 +306,7 @@ class DialogueRewardModel(Component):
         else:
             if rows.turns is None:
                 raise AlolError(f"{self.where}: reward_model scores dialogues; these rows have no `turns` column.")
-            from alol.data.hh import reward_model_text
+            from alol.tasks.hh import reward_model_text
 
             model = self._model(rows.split)
             logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(rows.turns, rows.completions)],

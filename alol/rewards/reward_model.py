@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alol.device import place
-from alol.errors import AlolError
+from alol.core.device import place
+from alol.core.errors import AlolError
 
 
 def _local_folder(source: str) -> Path:

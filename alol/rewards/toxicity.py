@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alol.device import place
+from alol.core.device import place
 
 LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 MAXLEN = 100

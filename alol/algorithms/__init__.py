@@ -1,0 +1,1 @@
+"""Algorithms: offline losses, preference losses, PPO and the TRL bridge."""

@@ -1,0 +1,1 @@
+"""Evaluation: test replies scored with the task reward, statistics, plots."""

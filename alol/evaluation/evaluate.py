@@ -1,0 +1,145 @@
+"""Evaluate a policy on the test prompts: generate, score with the task reward, compare.
+
+One function serves the reference's own stage (evaluated once, cached) and every fine-tuned
+policy (paired with the reference's replies through `baseline`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from alol.rewards.annotate import load_reward, reward_inputs
+from alol.core.errors import AlolError
+from alol.models.generate import GenerationConfig, generate
+from alol.evaluation.metrics import grounding_stats, kl_estimate, paired_comparison, reward_means, text_stats
+from alol.models.load import ModelConfig, load_tokenizer
+from alol.core.params import BaseConfig, section
+from alol.training.reference import load_frozen
+from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import encode
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """`evaluate:` how test replies are generated and compared."""
+
+    generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
+    """Decoding of the test replies (greedy by default; beams, sampling, repetition penalty, stops)."""
+    rows: int = 0
+    """Evaluate on the first this many test prompts (0: all)."""
+    bootstrap_resamples: int = 4000
+    """Resamples of the paired bootstrap behind each 95% confidence interval."""
+    kl_samples: int = 1
+    """Replies sampled (temperature 1) per test prompt for the KL(policy || reference) estimate, next to
+    the greedy replies that are scored (0: no KL)."""
+    prompt_format: str | None = None
+    """null: the table's prompt. hh / plain: re-render from the dialogue turns (HH), e.g. plain
+    ('\nHuman: ...\nAssistant: ') for models trained on Anthropic's format such as PPO baselines."""
+
+
+def reward_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c == "reward" or c.startswith("reward_")]
+
+
+def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy: Path, test: pl.DataFrame,
+                    annotated: Path, assets: Path, reference: Path | None = None,
+                    baseline: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict]:
+    """(generations table, metrics) for `policy` on the `test` prompts."""
+    if cfg.rows:
+        test = test.head(cfg.rows)
+    if cfg.prompt_format:
+        if "turns" not in test.columns:
+            raise AlolError("evaluate.prompt_format re-renders prompts from dialogue turns; this test table has no "
+                            "`turns` column (set it to null).")
+        from alol.tasks.hh import render_prompt
+
+        test = test.with_columns(pl.Series("prompt", [render_prompt(t, cfg.prompt_format) for t in test["turns"]]))
+    model_cfg = section(params, "model", ModelConfig)
+    tokenizer = load_tokenizer(policy)
+    model = load_frozen(policy, model_cfg)
+    prompts = test["prompt"].to_list()
+    tic = time.perf_counter()
+    replies, generated = generate(model, tokenizer, prompts, cfg.generation, base.max_prompt_tokens, base.seed)
+    seconds = time.perf_counter() - tic
+    scores = load_reward(params, assets, annotated)(
+        reward_inputs(test, "test", completions=replies), source=f"{policy} test replies",
+        row_ids=test["prompt_id"].to_list())
+    # log-probs of the replies (EOS included) under the policy
+    max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
+    examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, max_reply)
+    policy_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
+    generations = test.select("prompt_id", "prompt").with_columns(
+        pl.Series("completion", replies), *(pl.Series(k, v, dtype=pl.Float64) for k, v in scores.items()),
+        pl.Series("tokens", [len(e.completion_ids) for e in examples]),
+        pl.Series("logp", [float(np.sum(t)) for t in policy_logps]))
+    stats = {**reward_means(scores), **text_stats(replies, generations["tokens"].to_numpy())}
+    if reference is not None and cfg.kl_samples:  # KL(pi || pi_ref) needs replies sampled from pi
+        sampling = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, do_sample=True,
+                                    stop_strings=cfg.generation.stop_strings, batch_size=cfg.generation.batch_size)
+        sampled_prompts = prompts * cfg.kl_samples
+        samples, _ = generate(model, tokenizer, sampled_prompts, sampling, base.max_prompt_tokens, base.seed + 1,
+                              description="sampling for the KL")
+        sampled = encode(tokenizer, sampled_prompts, samples, base.max_prompt_tokens, max_reply)
+        sample_logps, _ = reference_pass(model, sampled, tokenizer.pad_token_id, want_states=False)
+    del model
+    if reference is not None and cfg.kl_samples:
+        ref_model = load_frozen(reference, model_cfg)
+        ref_logps, _ = reference_pass(ref_model, sampled, tokenizer.pad_token_id, want_states=False)
+        stats.update(kl_estimate(sample_logps, ref_logps))
+    gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
+    # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
+    gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
+    metrics = {"rows": test.height, "generated_tokens_per_second": generated / seconds,
+               "generations": stats, "gold": {**reward_means(gold_rewards),
+                                               **text_stats(test["completion"].to_list(), gold_tokens)}}
+    if baseline is not None:
+        metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
+    if "knowledge" in test.columns:  # WoW / FaithDial: how much of each reply is copied from its knowledge
+        knowledge = test["knowledge"].to_list()
+        metrics["generations"].update(grounding_stats(replies, knowledge))
+        metrics["gold"].update(grounding_stats(test["completion"].to_list(), knowledge))
+    if "split_name" in test.columns:  # HH: the four test sets, each on its own
+        generations = generations.with_columns(test["split_name"])
+        metrics["splits"] = {}
+        for (name,), part in generations.group_by("split_name", maintain_order=True):
+            gold = test.filter(pl.col("split_name") == name)
+            entry = {"rows": part.height, **reward_means({c: part[c].to_numpy() for c in reward_columns(part)}),
+                     "gold_reward": float(gold["reward"].mean())}
+            if baseline is not None:
+                entry["vs_baseline"] = compare_with(part, baseline, base.seed, cfg.bootstrap_resamples,
+                                                    subset=True)["reward"]
+            metrics["splits"][name] = entry
+    return generations, metrics
+
+
+HEADLINE = ("reward", "gain", "gain_ci_low", "gain_ci_high", "win_rate", "kl", "distinct_2", "length_words")
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers `dvc exp show` carries per experiment (everything is in details.json): the
+    test reward, its paired gain over the reference with the 95% CI and win rate, the KL from the
+    reference, diversity and length. No timings: identical runs have identical metrics."""
+    generations = metrics["generations"]
+    gain = metrics.get("vs_baseline", {}).get("reward", {})
+    values = {"reward": generations["reward"], "gain": gain.get("gain"), "gain_ci_low": gain.get("ci_low"),
+              "gain_ci_high": gain.get("ci_high"), "win_rate": gain.get("win_rate"), "kl": generations.get("kl"),
+              "distinct_2": generations["distinct_2"], "length_words": generations["length_words"]}
+    return {k: values[k] for k in HEADLINE if values[k] is not None}
+
+
+def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int,
+                 subset: bool = False) -> dict:
+    """Paired comparison on the prompts both tables answered (joined by prompt_id)."""
+    columns = [c for c in reward_columns(generations) if c in baseline.columns]
+    joined = generations.select("prompt_id", *columns).join(
+        baseline.select("prompt_id", *columns), on="prompt_id", suffix="__baseline")
+    if joined.height < generations.height:
+        raise AlolError(f"the baseline generations answer only {joined.height} of the {generations.height} test "
+                        "prompts; evaluate both with the same test split and evaluate.rows (dvc repro).")
+    return paired_comparison({c: joined[c].to_numpy() for c in columns},
+                             {c: joined[f"{c}__baseline"].to_numpy() for c in columns}, seed, resamples)

@@ -1,0 +1,77 @@
+"""Reward annotation of the clean splits, and the per-split reward distributions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from alol.core.errors import AlolError
+from alol.rewards import RewardFunction, raw_reward, reward_configs
+from alol.rewards.components import RewardInputs
+
+STATE_FILE = "reward_state.json"
+
+
+def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: list[float] | None = None,
+                  completions: list[str] | None = None) -> RewardInputs:
+    """What the reward components read from a table. `stored_logits` and `stored_scores` (the
+    `stored_score` column) only for the data's own replies (completions=None)."""
+    own = completions is None
+    return RewardInputs(prompts=frame["prompt"].to_list(),
+                        completions=frame["completion"].to_list() if own else completions,
+                        contexts=frame["context"].to_list(),
+                        turns=frame["turns"].to_list() if "turns" in frame.columns else None,
+                        stored_logits=stored_logits, split=split,
+                        knowledge=frame["knowledge"].to_list() if "knowledge" in frame.columns else None,
+                        stored_scores=frame["stored_score"].to_list() if own and "stored_score" in frame.columns
+                        else None)
+
+
+def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:
+    """The task's reward function; with `annotated_dir`, restored to the state annotate fitted."""
+    reward = RewardFunction(reward_configs(params), assets, f"{params.get('__file__', 'params.yaml')}: rewards")
+    if annotated_dir is not None:
+        path = Path(annotated_dir) / STATE_FILE
+        if not path.exists():
+            raise AlolError(f"{path}: missing; run the annotate stage first.")
+        reward.load_state(json.loads(path.read_text()))
+    return reward
+
+
+def distribution(values: np.ndarray) -> dict[str, float]:
+    q = np.quantile(values, [0.1, 0.5, 0.9]) if len(values) else [float("nan")] * 3
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
+            "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]), "max": float(np.max(values))}
+
+
+def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
+                    sources: dict[str, str]) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """Fit the reward on train, score every split. Returns (tables, fitted state, stats)."""
+    state = reward.fit(reward_inputs(splits["train"], "train"))
+    out, stats = {}, {}
+    for name, frame in splits.items():
+        ids = frame["prompt_id"].to_list()
+        logits = _stored(frame, 0)
+        scores = reward(reward_inputs(frame, name, logits), source=sources[name], row_ids=ids)
+        out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
+        stats[name] = {col: distribution(values) for col, values in scores.items()}
+        if "candidates" in frame.columns:  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
+            n = frame["candidates"].list.len().min()
+            per = [scores] + [
+                reward(reward_inputs(frame, name, _stored(frame, k), [c[k] for c in frame["candidates"].to_list()]),
+                       source=f"{sources[name]} (candidate {k})", row_ids=ids) for k in range(1, n)]
+            out[name] = out[name].with_columns(
+                pl.Series("candidate_rewards", np.stack([s["reward"] for s in per], axis=1).tolist(),
+                          dtype=pl.List(pl.Float64)),
+                pl.Series("candidate_raw_rewards", np.stack([raw_reward(s) for s in per], axis=1).tolist(),
+                          dtype=pl.List(pl.Float64)))
+    return out, state, stats
+
+
+def _stored(frame: pl.DataFrame, k: int) -> list[float] | None:
+    if "candidate_logits" not in frame.columns:
+        return None
+    return [logits[k] for logits in frame["candidate_logits"].to_list()]

@@ -1,0 +1,1 @@
+"""Tools built on the pipeline: algorithm comparisons, benchmarks, the value study."""

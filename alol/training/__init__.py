@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, the reference policy, advantages and sampling plans."""
