@@ -16,7 +16,7 @@ from alol.core.io import read_parquet, write_json, write_parquet
 from alol.models.load import ModelConfig, load_tokenizer, tokenizer_fingerprint
 from alol.core.params import BaseConfig, load_params, section
 from alol.training.reference import load_frozen, table_examples
-from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import forward_rows
 from alol.models.value import ValueHead
 
 
@@ -38,7 +38,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     examples = table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)
     head, _ = ValueHead.load(value)
     tic = time.perf_counter()
-    token_logps, values = reference_pass(model, examples, tokenizer.pad_token_id, batch_size, value_head=head)
+    token_logps, values = forward_rows(model, examples, tokenizer.pad_token_id, batch_size, value_head=head)
     seconds = time.perf_counter() - tic
     table = with_advantages(frame, token_logps, np.asarray(values))
     if not is_main_process():

@@ -10,16 +10,15 @@ import numpy as np
 import polars as pl
 import typer
 
-from alol.rewards.annotate import load_reward, reward_inputs
+from alol.rewards.annotate import load_reward
 from alol.core.stage import stage
 from alol.core.device import is_main_process
-from alol.models.generate import generate
+from alol.evaluation.replies import generate_and_score
 from alol.core.io import atomic_path, read_parquet, write_json, write_parquet
 from alol.models.load import ModelConfig, load_tokenizer
 from alol.core.params import BaseConfig, load_params, section
 from alol.training.reference import load_frozen
-from alol.models.reference_pass import reference_pass
-from alol.models.logprobs import Example, encode_prompts
+from alol.models.logprobs import Example, encode_prompts, forward_rows
 from alol.models.value import ValueConfig, fit_value_head, reward_range
 
 
@@ -30,7 +29,6 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
          out: Path = typer.Argument(..., help="Folder for the value head (safetensors + config.json)."),
          results: Path = typer.Argument(..., help="Folder for metrics.json (held-out R^2), details.json, the fit curve and the generations."),
          params: Path = typer.Option(Path("params.yaml"), help="Reads base, model, rewards, estimate_value.")):
-    import time
     import torch
 
     p = load_params(params)
@@ -38,20 +36,16 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     frame = read_parquet(annotated / "validation.parquet", ["prompt_id", "group_id", "prompt", "context"])
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
-    tic = time.perf_counter()
     k = cfg.replies_per_prompt  # every prompt k times (sampled replies); the target is their mean reward
     repeated = pl.concat([frame.with_columns(pl.lit(i).alias("reply")) for i in range(k)])
-    replies, generated = generate(model, tokenizer, repeated["prompt"].to_list(), cfg.generation,
-                                  base.max_prompt_tokens, base.seed)
-    generation_seconds = time.perf_counter() - tic
-    reward = load_reward(p, assets, annotated)
-    generations = repeated.select("prompt_id", "reply", "prompt").with_columns(pl.Series("completion", replies))
-    scores = reward(reward_inputs(repeated, "validation", completions=replies), source="reference generations",
-                    row_ids=repeated["prompt_id"].to_list())
-    generations = generations.with_columns(*(pl.Series(k, v) for k, v in scores.items()))
+    scored = generate_and_score(model, tokenizer, repeated, load_reward(p, assets, annotated), cfg.generation,
+                                base.max_prompt_tokens, base.seed, "validation", "reference generations")
+    replies, scores = scored.replies, scored.scores
+    generations = repeated.select("prompt_id", "reply", "prompt").with_columns(
+        pl.Series("completion", replies), *(pl.Series(name, v) for name, v in scores.items()))
     scores = {name: np.asarray(v).reshape(k, frame.height).mean(axis=0) for name, v in scores.items()}
     examples = [Example(ids, []) for ids in encode_prompts(tokenizer, frame["prompt"].to_list(), base.max_prompt_tokens)]
-    _, states = reference_pass(model, examples, tokenizer.pad_token_id)
+    _, states = forward_rows(model, examples, tokenizer.pad_token_id)
     if not is_main_process():  # the head is small: fit once, on the main process
         return
     low, high = reward_range(cfg, p)
@@ -62,8 +56,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     write_parquet(generations, results / "generations.parquet")
     write_json(curve, results / "fit_curve.json")
     write_json({**quality, "mean_generated_reward": float(np.mean(scores["reward"])),
-                "generated_tokens_per_second": generated / generation_seconds,
-                "mean_generated_tokens": generated / len(replies)}, results / "details.json")
+                "generated_tokens_per_second": scored.generated_tokens / scored.seconds,
+                "mean_generated_tokens": scored.generated_tokens / len(replies)}, results / "details.json")
     write_json({"heldout_r2": quality["heldout_r2"]}, results / "metrics.json")  # the headline: how much V explains
     print({k: round(v, 4) for k, v in quality.items()}, "mean reward", round(float(np.mean(scores["reward"])), 4))
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import typer
 
-from alol.core.stage import LiveLog, stage
+from alol.core.live import LiveLog
+from alol.core.stage import stage
 from alol.core.device import is_main_process
 from alol.core.errors import AlolError
 from alol.rewards.annotate import load_reward

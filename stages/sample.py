@@ -19,7 +19,7 @@ from alol.models.load import ModelConfig, load_tokenizer
 from alol.algorithms.pairs import SampleConfig, order_pairs
 from alol.core.params import BaseConfig, load_params, section
 from alol.training.reference import load_frozen
-from alol.models.reference_pass import reference_pass
+from alol.models.logprobs import forward_rows
 from alol.rewards import raw_reward
 from alol.models.logprobs import encode
 
@@ -53,7 +53,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     logps = {}
     for name, replies in (("data", frame["completion"].to_list()), ("generated", generated)):
         examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, base.max_completion_tokens)
-        token_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
+        token_logps, _ = forward_rows(model, examples, tokenizer.pad_token_id, want_states=False)
         logps[name] = [float(np.sum(t)) for t in token_logps]
     pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"], generated_raw)
     if not is_main_process():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from alol.core.stage import LiveLog, stage
+from alol.core.live import LiveLog
+from alol.core.stage import stage
 from alol.core.device import is_main_process
 from alol.algorithms.finetune import offline_loss_fn, FinetuneConfig
 from alol.core.io import atomic_path, read_parquet, write_json

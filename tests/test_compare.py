@@ -187,3 +187,23 @@ def test_resume_reuses_finished_runs(repo, monkeypatch):
     calls.clear()
     cmp.compare(["a_lol", "nll"], repo, out, seeds=[0, 1])
     assert len(calls) == 4
+
+
+def test_a_bad_seeds_option_fails_the_way_a_stage_does(tmp_path):
+    # through alol.core.stage.exit_with_error, as every stage's AlolError: one red line naming the
+    # command and the option, no traceback, exit status 1
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "alol.compare", "--seeds", "0,x", "--root", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error (compare): --seeds '0,x': invalid literal for int()")
+    assert "write plan.seed_offset values as integers, comma-separated (e.g. 0,1,2)." in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_parse_seeds():
+    assert cmp.parse_seeds(None) is None and cmp.parse_seeds("") is None
+    assert cmp.parse_seeds("0, 1,2,") == [0, 1, 2]
+    with pytest.raises(AlolError, match=r"--seeds '1\.5'"):
+        cmp.parse_seeds("1.5")

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from alol.training.advantages import PlanConfig, make_plans, with_advantages
 from alol.models.load import ModelConfig, load_policy, tokenizer_fingerprint
-from alol.models.reference_pass import reference_pass
-from alol.models.logprobs import encode
+from alol.models.logprobs import encode, forward_rows
 from conftest import build_tiny_llama, run_stage
 
 PROMPTS = ["hello there", "what do you like to do for fun", "the weather", "i am fine thanks and you",
@@ -40,7 +39,7 @@ def workdir(tmp_path, tiny_tokenizer):
     build_tiny_llama(tmp_path / "reference", tiny_tokenizer)
     reference = load_policy(tmp_path / "reference", ModelConfig(), trainable=False)
     exs = encode(tiny_tokenizer, PROMPTS, REPLIES, 64, 16)
-    token_logps, _ = reference_pass(reference, exs, tiny_tokenizer.pad_token_id, want_states=False)
+    token_logps, _ = forward_rows(reference, exs, tiny_tokenizer.pad_token_id, want_states=False)
     frame = pl.DataFrame({"prompt": PROMPTS, "completion": REPLIES, "reward": np.linspace(0.5, 2.0, 8)})
     table = with_advantages(frame, token_logps, np.full(8, 1.0))
     (tmp_path / "adv").mkdir()
@@ -161,7 +160,7 @@ def test_two_processes_match_one_with_doubled_accumulation(workdir):
 
 def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):
     """A SIGKILL while DVCLive rewrites metrics.json or appends a curve row must not stop the resume."""
-    from alol.core.stage import LiveLog
+    from alol.core.live import LiveLog
 
     live = tmp_path / "live"
     (live / "plots" / "metrics").mkdir(parents=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alol.evaluation.metrics import bootstrap_ci, distinct_n, kl_estimate, paired_comparison, text_stats, win_rate
+from alol.evaluation.stats import bootstrap_ci
+from alol.evaluation.metrics import distinct_n, kl_estimate, paired_comparison, text_stats, win_rate
 
 
 def test_distinct_n_by_hand():

@@ -4,7 +4,7 @@ import pytest
 
 from alol.tasks.chitchat import CleanConfig
 from alol.core.errors import AlolError
-from alol.core.params import load_params, section
+from alol.core.params import BaseConfig, load_params, section
 
 
 def write(tmp_path, text):
@@ -108,3 +108,21 @@ def test_root_params_repeat_the_dataclass_defaults():
             if key not in flat or flat[key] != value:
                 differ[key] = (value, flat.get(key, "<no such default>"))
     assert differ == {}
+
+
+def test_loaded_params_carry_their_file_as_an_attribute_not_a_key(tmp_path):
+    from alol.rewards import reward_configs
+
+    path = tmp_path / "my_params.yaml"
+    path.write_text("base: {seed: 3}\nrewards: {safety: {weight: 1.0}}\n")
+    p = load_params(path)
+    assert p.path == path and "__file__" not in p  # no magic key among the sections
+    assert p["base"] == {"seed": 3} and p["task"] == "chitchat"  # still the dict it was
+    p["base"] = {"seed": "x"}
+    with pytest.raises(AlolError, match=r"my_params\.yaml: base\.seed: expected an integer"):
+        section(p, "base", BaseConfig)
+    p["rewards"] = {"safety": {"wieght": 1.0}}
+    with pytest.raises(AlolError, match=r"my_params\.yaml: rewards\.safety: unknown setting"):
+        reward_configs(p)
+    with pytest.raises(AlolError, match=r"^params\.yaml: base\.seed"):  # a plain dict (tests): the default name
+        section({"base": {"seed": "x"}}, "base", BaseConfig)

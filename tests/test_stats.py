@@ -142,3 +142,27 @@ def test_p_value_is_never_zero():
     a = np.full((1, 5), 10.0) + np.arange(5) * 0.01
     out = seed_prompt_bootstrap(a, None, resamples=999)
     assert out["p_value"] == pytest.approx(0.002)
+
+
+def test_the_merged_bootstrap_gives_the_numbers_of_the_two_it_replaced():
+    # Computed with alol/evaluation/metrics.py's and stats.py's own bootstraps at 80f7514, before
+    # they shared one draw: equal to the last bit, so the committed CIs (results/evaluate*/metrics.json,
+    # results/compare*/table.*) do not move.
+    from alol.evaluation.metrics import paired_comparison
+    from alol.evaluation.stats import bootstrap_ci
+
+    x = np.random.default_rng(21).normal(size=37)
+    assert bootstrap_ci(x, seed=901) == (-0.1700171594548076, 0.4924701209318452)
+    assert bootstrap_ci(x, level=0.9, resamples=500, seed=3) == (-0.1307821842955447, 0.46369659059382823)
+    assert paired_comparison({"reward": x}, {"reward": x[::-1]}, seed=901, resamples=1000)["reward"] == {
+        "gain": 7.50150692314295e-18, "ci_low": -0.3895804003607428, "ci_high": 0.38556162866122096, "win_rate": 0.5}
+    a = np.random.default_rng(22).normal(size=(3, 37))
+    b = np.random.default_rng(23).normal(size=(2, 37))
+    assert seed_prompt_bootstrap(a, b, resamples=300, seed=5) == {
+        "diff": 0.24393682994997118, "ci_low": -0.21052122103579274, "ci_high": 0.6384037525978704,
+        "p_value": 0.32558139534883723, "seeds_a": 3, "seeds_b": 2, "prompts": 37,
+        "seed_sd_a": 0.14350757829906266, "seed_sd_b": 0.1432127222912942}
+    assert seed_prompt_bootstrap(a, None, resamples=300, seed=5) == {
+        "diff": 0.13558707905170703, "ci_low": -0.166668319257382, "ci_high": 0.3737046464673763,
+        "p_value": 0.33222591362126247, "seeds_a": 3, "seeds_b": None, "prompts": 37,
+        "seed_sd_a": 0.14350757829906266, "seed_sd_b": None}

@@ -12,8 +12,7 @@ from alol.algorithms import losses
 from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn, preference_loss_fn
 from alol.models.load import ModelConfig, load_policy
 from alol.training.plans import uniform_plan
-from alol.models.reference_pass import reference_pass
-from alol.models.logprobs import collate, completion_logps, encode
+from alol.models.logprobs import collate, completion_logps, encode, forward_rows
 from alol.training.loop import TrainConfig, train
 from conftest import build_tiny_llama
 
@@ -149,7 +148,7 @@ def test_precomputed_reference_equals_recomputed(tiny):
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     exs = examples(tok)
-    ref_columns, _ = reference_pass(reference, exs, tok.pad_token_id, batch_size=3, want_states=False)
+    ref_columns, _ = forward_rows(reference, exs, tok.pad_token_id, batch_size=3, want_states=False)
     advantage = torch.tensor([1.0, -0.5, 0.7, 0.2, 1.5, -1.0, 0.3, 0.9])
     batch = collate(exs, tok.pad_token_id, {"ref_token_logps": ref_columns})
     logps = completion_logps(policy, batch)

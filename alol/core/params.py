@@ -76,7 +76,21 @@ def _unknown(where: str, what: str, key: str, valid) -> AlolError:
     return AlolError(f"{where}: unknown {what} {key!r}.{hint} Valid: {', '.join(map(str, valid))}.")
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+class Params(dict):
+    """Loaded params: the mapping of params.yaml's sections, as `yaml.safe_load` reads them (with the
+    scalars' defaults filled in), and `path`, the file they came from (named in every error)."""
+
+    def __init__(self, data: dict[str, Any], path: str | Path):
+        super().__init__(data)
+        self.path = Path(path)
+
+
+def params_file(params: dict[str, Any]) -> str:
+    """The file `params` was read from, for error messages; `params.yaml` for a plain dict."""
+    return str(params.path) if isinstance(params, Params) else "params.yaml"
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml and check every key of it once: an unknown section, setting or value is an
     error naming the file and the key (so a typo never silently runs the defaults)."""
     path = Path(path)
@@ -96,7 +110,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         data.setdefault(key, default)
         if data[key] not in valid:
             raise _unknown(str(path), key, data[key], valid)
-    data["__file__"] = str(path)
+    data = Params(data, path)
     for name in SECTIONS:
         if name == "rewards":
             section_class(name)(data)
@@ -107,7 +121,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Build dataclass `cls` from section `name` of loaded params (missing section: defaults)."""
-    where = f"{params.get('__file__', 'params.yaml')}: {name}"
+    where = f"{params_file(params)}: {name}"
     return from_dict(cls, params.get(name) or {}, where)
 
 

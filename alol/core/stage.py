@@ -1,4 +1,6 @@
-"""What every stage command shares: user errors printed plainly, with a non-zero exit."""
+"""What every stage command shares: user errors printed plainly, with a non-zero exit.
+
+Training curves (DVCLive) are alol/core/live.py's."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +20,13 @@ from rich.markup import escape
 from alol.core.errors import AlolError
 
 console = Console(stderr=True, soft_wrap=True)  # never break a path across lines
+
+
+def exit_with_error(err: AlolError, where: str = "") -> NoReturn:
+    """The one way a command reports a user error: `error (<command>)<where>: <message>` in red on
+    stderr, no traceback, exit status 1. Every stage (through `stage`) and alol.compare use it."""
+    console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}){where}: {escape(str(err))}", highlight=False)
+    sys.exit(1)
 
 
 def stage(fn: Callable) -> Callable:
@@ -37,9 +46,7 @@ def stage(fn: Callable) -> Callable:
             check_processes()
             result = fn(*args, **kwargs)
         except AlolError as err:
-            rank = f" [process {proc.process_index}]" if proc.num_processes > 1 else ""
-            console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}){rank}: {escape(str(err))}", highlight=False)
-            sys.exit(1)
+            exit_with_error(err, f" [process {proc.process_index}]" if proc.num_processes > 1 else "")
         if proc.is_main_process:
             processes = f" on {proc.num_processes} processes" if proc.num_processes > 1 else ""
             memory = ""
@@ -74,32 +81,3 @@ def repair_after_kill(folder: Path) -> None:
                 curve.write_bytes(whole)
             else:  # not even the header: DVCLive writes a new one
                 curve.unlink()
-
-
-class LiveLog:
-    """Training curves through DVCLive inside the stage's own output folder (no dvc.yaml edits)."""
-
-    def __init__(self, folder: Path, resume: bool = False):
-        from dvclive import Live
-        from scmrepo.exceptions import SCMError
-
-        if resume:
-            repair_after_kill(Path(folder))
-        try:
-            self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, resume=resume)
-        except SCMError as err:  # DVCLive reads HEAD, which a fresh `git init` does not have yet
-            raise AlolError(f"DVCLive cannot log to {folder}: {err}. Commit once (`git add -A && git commit`) "
-                            "and rerun.") from err
-        self.history: list[dict] = []
-
-    def __call__(self, step: int, metrics: dict) -> None:
-        self.live.step = step
-        for key, value in metrics.items():
-            self.live.log_metric(key, value)
-        self.live.next_step()
-        self.history.append({"step": step, **metrics})
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "grad_norm", "tokens_per_second")}
-        console.print(f"step {step}: {shown}", highlight=False)
-
-    def close(self) -> None:
-        self.live.end()

@@ -7,21 +7,20 @@ policy (paired with the reference's replies through `baseline`).
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from alol.rewards.annotate import load_reward, reward_inputs
+from alol.rewards.annotate import load_reward
 from alol.core.errors import AlolError
 from alol.models.generate import GenerationConfig, generate
+from alol.evaluation.replies import generate_and_score
 from alol.evaluation.metrics import grounding_stats, kl_estimate, paired_comparison, reward_means, text_stats
 from alol.models.load import ModelConfig, load_tokenizer
 from alol.core.params import BaseConfig, section
 from alol.training.reference import load_frozen
-from alol.models.reference_pass import reference_pass
-from alol.models.logprobs import encode
+from alol.models.logprobs import encode, forward_rows
 
 
 @dataclasses.dataclass
@@ -63,16 +62,13 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     tokenizer = load_tokenizer(policy)
     model = load_frozen(policy, model_cfg)
     prompts = test["prompt"].to_list()
-    tic = time.perf_counter()
-    replies, generated = generate(model, tokenizer, prompts, cfg.generation, base.max_prompt_tokens, base.seed)
-    seconds = time.perf_counter() - tic
-    scores = load_reward(params, assets, annotated)(
-        reward_inputs(test, "test", completions=replies), source=f"{policy} test replies",
-        row_ids=test["prompt_id"].to_list())
+    scored = generate_and_score(model, tokenizer, test, load_reward(params, assets, annotated), cfg.generation,
+                                base.max_prompt_tokens, base.seed, "test", f"{policy} test replies")
+    replies, scores = scored.replies, scored.scores
     # log-probs of the replies (EOS included) under the policy
     max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
     examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, max_reply)
-    policy_logps, _ = reference_pass(model, examples, tokenizer.pad_token_id, want_states=False)
+    policy_logps, _ = forward_rows(model, examples, tokenizer.pad_token_id, want_states=False)
     generations = test.select("prompt_id", "prompt").with_columns(
         pl.Series("completion", replies), *(pl.Series(k, v, dtype=pl.Float64) for k, v in scores.items()),
         pl.Series("tokens", [len(e.completion_ids) for e in examples]),
@@ -85,16 +81,16 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
         samples, _ = generate(model, tokenizer, sampled_prompts, sampling, base.max_prompt_tokens, base.seed + 1,
                               description="sampling for the KL")
         sampled = encode(tokenizer, sampled_prompts, samples, base.max_prompt_tokens, max_reply)
-        sample_logps, _ = reference_pass(model, sampled, tokenizer.pad_token_id, want_states=False)
+        sample_logps, _ = forward_rows(model, sampled, tokenizer.pad_token_id, want_states=False)
     del model
     if reference is not None and cfg.kl_samples:
         ref_model = load_frozen(reference, model_cfg)
-        ref_logps, _ = reference_pass(ref_model, sampled, tokenizer.pad_token_id, want_states=False)
+        ref_logps, _ = forward_rows(ref_model, sampled, tokenizer.pad_token_id, want_states=False)
         stats.update(kl_estimate(sample_logps, ref_logps))
     gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
     # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
     gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
-    metrics = {"rows": test.height, "generated_tokens_per_second": generated / seconds,
+    metrics = {"rows": test.height, "generated_tokens_per_second": scored.generated_tokens / scored.seconds,
                "generations": stats, "gold": {**reward_means(gold_rewards),
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
     if baseline is not None:

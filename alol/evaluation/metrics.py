@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from alol.evaluation.stats import bootstrap_ci
+
 
 def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams / all n-grams over every reply (lowercased whitespace tokens), as the paper."""
@@ -21,16 +23,6 @@ def text_stats(texts: list[str], token_counts: list[int] | np.ndarray) -> dict[s
             "length_words": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0,
             "length_tokens": float(np.mean(token_counts)) if len(token_counts) else 0.0,
             "empty_fraction": float(np.mean([not t.strip() for t in texts])) if texts else 0.0}
-
-
-def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of `values`."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1.0 - level) / 2
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
 
 
 def win_rate(policy: np.ndarray, reference: np.ndarray) -> float:

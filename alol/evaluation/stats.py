@@ -1,4 +1,6 @@
-"""Statistics for comparing policies over several training seeds on the same test prompts.
+"""The bootstrap, written once: the paired prompt bootstrap of one evaluation (`bootstrap_ci`,
+behind evaluate's gain CI) and the seed-and-prompt bootstrap of several training seeds
+(`seed_prompt_bootstrap`, behind alol.compare's tables) share one prompt draw and one interval.
 
 Two sources of noise matter when a policy's test reward is compared with another's: which test
 prompts happened to be drawn, and which training seed produced the policy. A bootstrap over prompts
@@ -20,6 +22,29 @@ def _as_scores(x, name: str) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name} must have at least one seed and one prompt; got shape {arr.shape}")
     return arr
+
+
+def draw(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """(resamples, n) indices of 0..n-1 drawn with replacement: n prompts (the first draw of both
+    bootstraps, so that with one seed they resample the same prompts) or n seeds."""
+    return rng.integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval at `level` of the resampled statistics."""
+    tail = (1 - level) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of `values` (one per prompt).
+
+    The same draw as `seed_prompt_bootstrap` with one seed; each resample's mean is taken over the
+    gathered values (not through counts as there), the sum order the committed CIs were made with."""
+    values = np.asarray(values, dtype=np.float64)
+    means = values[draw(np.random.default_rng(seed), len(values), resamples)].mean(axis=1)
+    return percentile_interval(means, level)
 
 
 def _counts(idx: np.ndarray, n: int) -> np.ndarray:
@@ -80,16 +105,14 @@ def seed_prompt_bootstrap(a: np.ndarray, b: np.ndarray | None, resamples: int = 
     rng = np.random.default_rng(seed)
     # Prompts first, then seeds: with one seed the draws below are constant, so the prompt draw is
     # the same as a plain prompt bootstrap with this seed would make.
-    prompt_counts = _counts(rng.integers(0, prompts, size=(resamples, prompts)), prompts)
-    stats = _resampled_means(a, rng.integers(0, a.shape[0], size=(resamples, a.shape[0])), prompt_counts)
+    prompt_counts = _counts(draw(rng, prompts, resamples), prompts)
+    stats = _resampled_means(a, draw(rng, a.shape[0], resamples), prompt_counts)
     diff = a.mean()
     if b is not None:
-        stats = stats - _resampled_means(b, rng.integers(0, b.shape[0], size=(resamples, b.shape[0])),
-                                         prompt_counts)
+        stats = stats - _resampled_means(b, draw(rng, b.shape[0], resamples), prompt_counts)
         diff = diff - b.mean()
 
-    tail = (1 - level) / 2
-    ci_low, ci_high = np.quantile(stats, [tail, 1 - tail])
+    ci_low, ci_high = percentile_interval(stats, level)
     # (1 + count) / (1 + resamples): a bootstrap of R resamples cannot show p below 1 / (R + 1)
     far_side = min(np.sum(stats <= 0), np.sum(stats >= 0))
     p_value = min(1.0, 2 * (1 + far_side) / (1 + resamples))

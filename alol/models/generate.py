@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from alol.models.logprobs import encode_prompts
+from alol.models.padding import pad_left
 from alol.core.shard import map_blocks
 
 
@@ -70,12 +71,8 @@ def generate_ids(model, tokenizer, prompts: list[str], cfg: GenerationConfig, ma
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def batch(number: int, idx: list[int]) -> list[Rollout]:
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            attention[row, width - len(encoded[i]):] = 1
+        input_ids, attention = pad_left([encoded[i] for i in idx], pad)  # every prompt ends where generation starts
+        width = input_ids.shape[1]
         torch.manual_seed(seed + number)
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=cfg.max_new_tokens,

@@ -1,4 +1,7 @@
-"""Tokenised (prompt, completion) rows, left-padded batches, and completion-only log-probs.
+"""Tokenised (prompt, completion) rows, left-padded batches, and completion-only log-probs: the ONE
+log-prob forward (`forward`), used by training (`completion_logps`) and by every pass over a table
+(`forward_rows`: the reference's stored log-probs, the prompt states of the value head, a policy's
+log-probs of its own replies).
 
 Batches are LEFT-padded so that every completion ends at the last position: the LM head then
 runs only on the last K + 1 positions (K = longest completion in the batch) through
@@ -12,6 +15,9 @@ import dataclasses
 
 import numpy as np
 import torch
+
+from alol.core.shard import map_blocks
+from alol.models.padding import pad_left
 
 
 @dataclasses.dataclass
@@ -58,28 +64,31 @@ def collate(examples: list[Example], pad_id: int, extras: dict[str, list] | None
     `extras` maps a name to one value per example: scalars become (B,) tensors; per-token lists
     (like the reference's token log-probs) are right-aligned into (B, K) like the completion.
     """
-    width = max(e.length for e in examples)
-    k = max(len(e.completion_ids) for e in examples)
-    batch = len(examples)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch, width), dtype=torch.long)
-    completion_mask = torch.zeros((batch, k))
-    for i, e in enumerate(examples):
-        ids = e.prompt_ids + e.completion_ids
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        attention[i, width - len(ids):] = 1
-        completion_mask[i, k - len(e.completion_ids):] = 1
+    input_ids, attention = pad_left([e.prompt_ids + e.completion_ids for e in examples], pad_id)
+    completion_mask = pad_left([e.completion_ids for e in examples])[1].float()
+    k = completion_mask.shape[1]
     out = {"input_ids": input_ids, "attention_mask": attention,
            "position_ids": (attention.cumsum(-1) - 1).clamp(min=0), "completion_mask": completion_mask}
     for name, values in (extras or {}).items():
         if np.ndim(values[0]) == 0:
             out[name] = torch.tensor(np.asarray(values, dtype=np.float32))
         else:
-            tensor = torch.zeros((batch, k))
-            for i, v in enumerate(values):
-                tensor[i, k - len(v):] = torch.as_tensor(np.asarray(v, dtype=np.float32))
-            out[name] = tensor
+            out[name] = pad_left([np.asarray(v, dtype=np.float32) for v in values], 0.0, torch.float32, k)[0]
     return out
+
+
+def forward(model, batch: dict[str, torch.Tensor], states: bool = False):
+    """THE log-prob forward, shared by training and every pass over a table (`forward_rows`), so that
+    a policy starting at the reference reproduces the reference's stored log-probs to the last bit
+    (the importance ratio is exactly 1 at step 0). (B, K) log pi(y_t | x, y_<t) at the last K
+    positions (padding NOT masked), and the model's output (hidden states with `states`)."""
+    k = batch["completion_mask"].shape[1]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=k + 1, use_cache=False,
+                **({"output_hidden_states": True} if states else {}))
+    logits = out.logits[:, :-1].float()
+    targets = batch["input_ids"][:, -k:] if k else batch["input_ids"][:, :0]  # [:, -0:] would be every token
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1), out
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,14 +100,49 @@ def completion_logps_and_states(model, batch: dict[str, torch.Tensor], states: b
     """completion_logps, and (B, K, d) the last layer's hidden states at the positions that predict
     each completion token (the states a value head reads: V(x, y_<t)); None with states=False."""
     k = batch["completion_mask"].shape[1]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=k + 1, use_cache=False,
-                **({"output_hidden_states": True} if states else {}))
-    logits = out.logits[:, :-1].float()
-    targets = batch["input_ids"][:, -k:]
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    logps, out = forward(model, batch, states)
     hidden = out.hidden_states[-1][:, -(k + 1):-1] if states else None
     return logps * batch["completion_mask"], hidden
+
+
+@torch.inference_mode()
+def forward_rows(model, examples: list[Example], pad_id: int, batch_size: int = 16, want_states: bool = True,
+                 value_head=None, description: str | None = "reference pass") -> tuple[list, list]:
+    """One frozen pass of `model` over (prompt, completion) rows: (token log-probs per completion, per
+    row: the prompt states (L_i, d), or V(x) with `value_head`, or None), in input order.
+
+    Run on the reference it gives the `ref_token_logps` column every ratio-based loss reads instead of
+    a second model while training, and the states the value head reads, in the same pass; run on a
+    policy, the log-probs of its replies. Rows are length-sorted and cut into batches of `batch_size`;
+    under N processes each takes every N-th batch (alol.core.shard)."""
+    model.eval()
+    device = next(model.parameters()).device
+    with_states = want_states or value_head is not None
+
+    def batch_pass(number: int, idx: list[int]) -> list[tuple[list[float], object]]:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        k = batch["completion_mask"].shape[1]
+        logps, out = forward(model, batch, with_states)
+        logps = logps.cpu()
+        width = batch["input_ids"].shape[1]
+        token_logps, states = [], []
+        for row, i in enumerate(idx):
+            n = len(examples[i].completion_ids)
+            token_logps.append(logps[row, k - n:].tolist())
+            if with_states:
+                first = width - examples[i].length  # left padding
+                states.append(out.hidden_states[-1][row, first:width - n].float())
+        if value_head is not None:  # V(x) here: the states of a whole table never need to be in memory
+            states = [float(v) for v in value_head.predict(states)]
+        elif want_states:
+            states = [s.cpu().clone() for s in states]
+        else:
+            states = [None] * len(idx)
+        return list(zip(token_logps, states))
+
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    results = map_blocks(batch_pass, order, batch_size, description)
+    return [t for t, _ in results], [s for _, s in results]
 
 
 def length_grouped(indices: list[int], lengths: list[int], micro_batch: int) -> list[list[int]]:

@@ -21,6 +21,7 @@ from torch import nn
 from alol.core.device import place
 
 from alol.models.generate import GenerationConfig
+from alol.models.padding import pad_right
 
 
 @dataclasses.dataclass
@@ -77,6 +78,10 @@ class ValueHead(nn.Module):
         score = self.out(self.dropout_out(pooled[:, 0])).squeeze(-1)
         return self.low + (self.high - self.low) * torch.sigmoid(score)
 
+    def predict(self, states: list[torch.Tensor]) -> np.ndarray:
+        """V of each row's (L_i, d) prompt states (`predict`)."""
+        return predict(self, states)
+
     def save(self, folder: Path, meta: dict) -> None:
         from safetensors.torch import save_file
 
@@ -96,22 +101,13 @@ class ValueHead(nn.Module):
         return place(head.eval(), "value head"), config
 
 
-def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a list of (L_i, d) prompt states to (B, L, d) with a mask."""
-    width = max(len(s) for s in states)
-    out = torch.zeros(len(states), width, states[0].shape[-1])
-    mask = torch.zeros(len(states), width, dtype=torch.long)
-    for i, s in enumerate(states):
-        out[i, :len(s)], mask[i, :len(s)] = s, 1
-    return out, mask
-
-
 @torch.inference_mode()
 def predict(head: ValueHead, states: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
     head.eval()
     device = head.low.device
-    return np.concatenate([head(*(t.to(device) for t in pad_states(states[i:i + batch_size]))).float().cpu().numpy()
-                           for i in range(0, len(states), batch_size)]) if states else np.zeros(0)
+    batches = (pad_right(states[i:i + batch_size], 0.0, torch.float32) for i in range(0, len(states), batch_size))
+    return np.concatenate([head(*(t.to(device) for t in batch)).float().cpu().numpy()
+                           for batch in batches]) if states else np.zeros(0)
 
 
 def group_split(groups: list[str], heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +149,7 @@ def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, groups: list
         train_loss = 0.0
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
-            x, mask = (t.to(y.device) for t in pad_states([states[i] for i in idx]))
+            x, mask = (t.to(y.device) for t in pad_right([states[i] for i in idx], 0.0, torch.float32))
             loss = torch.nn.functional.mse_loss(head(x, mask), y[idx])
             optimizer.zero_grad()
             loss.backward()

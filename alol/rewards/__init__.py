@@ -190,9 +190,9 @@ def raw_reward(table) -> np.ndarray:
 
 def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:
     """The `rewards:` section of loaded params as component configs."""
-    from alol.core.params import from_dict
+    from alol.core.params import from_dict, params_file
 
-    where = f"{params.get('__file__', 'params.yaml')}: rewards"
+    where = f"{params_file(params)}: rewards"
     raw = params.get("rewards") or {}
     if not isinstance(raw, dict):
         raise AlolError(f"{where}: expected a mapping of component name -> settings.")

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.params import params_file
 from alol.rewards import RewardFunction, raw_reward, reward_configs
 from alol.rewards.components import RewardInputs
 
@@ -32,7 +33,7 @@ def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: 
 
 def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:
     """The task's reward function; with `annotated_dir`, restored to the state annotate fitted."""
-    reward = RewardFunction(reward_configs(params), assets, f"{params.get('__file__', 'params.yaml')}: rewards")
+    reward = RewardFunction(reward_configs(params), assets, f"{params_file(params)}: rewards")
     if annotated_dir is not None:
         path = Path(annotated_dir) / STATE_FILE
         if not path.exists():

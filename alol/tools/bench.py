@@ -121,8 +121,7 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
 
     from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn, offline_rows, preference_loss_fn, preference_rows
     from alol.models.load import ModelConfig, load_policy, load_tokenizer
-    from alol.models.reference_pass import reference_pass
-    from alol.models.logprobs import completion_logps, encode
+    from alol.models.logprobs import completion_logps, encode, forward_rows
     from alol.training.loop import TrainConfig, train
 
     preference = case == "e"
@@ -135,7 +134,7 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
         rows, extras = preference_rows(frame, tok, cfg.max_prompt_tokens, cfg.max_completion_tokens)
         chosen, rejected = zip(*rows)
         for name, seqs in (("ref_chosen_logp", chosen), ("ref_rejected_logp", rejected)):  # upstream, untimed
-            logps, _ = reference_pass(frozen, list(seqs), tok.pad_token_id, want_states=False)
+            logps, _ = forward_rows(frozen, list(seqs), tok.pad_token_id, want_states=False)
             extras[name] = [float(np.sum(x)) for x in logps]
         loss_fn = preference_loss_fn("dpo", finetune, candidates=2)
     else:
@@ -143,7 +142,7 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
         if case == "b":  # the advantages stage's column, computed here with the same starting model (untimed)
             examples = encode(tok, frame["prompt"].to_list(), frame["completion"].to_list(), cfg.max_prompt_tokens,
                               cfg.max_completion_tokens)
-            logps, _ = reference_pass(frozen, examples, tok.pad_token_id, want_states=False)
+            logps, _ = forward_rows(frozen, examples, tok.pad_token_id, want_states=False)
             frame = frame.with_columns(pl.Series("ref_token_logps", logps))  # a list would broadcast
         elif "ref_token_logps" not in frame.columns:
             frame = frame.with_columns(pl.Series("ref_token_logps", [[0.0]] * frame.height))

@@ -291,6 +291,16 @@ def components_markdown(parts: list[dict]) -> str:
         "\n".join(lines) + "\n"
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise AlolError(f"--seeds {text!r}: {err}; write plan.seed_offset values as integers, comma-separated "
+                        "(e.g. 0,1,2).") from None
+
+
 def parse_versus(text: str | None) -> list[tuple[str, str]] | None:
     if text is None:
         return None
@@ -313,16 +323,13 @@ def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms,
          out: Path = typer.Option(Path("results/compare"), help="Folder for the tables and figures."),
          root: Path = typer.Option(Path("."), help="The DVC project (with params.yaml and dvc.yaml).")):
     """Run every (algorithm, seed) as a DVC experiment on the cached upstream and tabulate the results."""
+    from alol.core.stage import exit_with_error
+
     names = list(ALGORITHMS) if algorithms == "all" else [a.strip() for a in algorithms.split(",") if a.strip()]
     try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
-        frame = compare(names, root, out, seed_list, parse_versus(versus), eval_every, settings, resume)
-    except ValueError as err:
-        typer.secho(f"error (compare): --seeds {seeds!r}: {err}", fg="red", err=True)
-        raise typer.Exit(1)
-    except AlolError as err:
-        typer.secho(f"error (compare): {err}", fg="red", err=True)
-        raise typer.Exit(1)
+        frame = compare(names, root, out, parse_seeds(seeds), parse_versus(versus), eval_every, settings, resume)
+    except AlolError as err:  # reported as every stage reports it
+        exit_with_error(err)
     print((out / "table.md").read_text())
     if (out / "versus.md").exists():
         print((out / "versus.md").read_text())

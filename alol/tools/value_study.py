@@ -25,7 +25,8 @@ import polars as pl
 import typer
 
 from alol.core.errors import AlolError
-from alol.core.io import write_json
+from alol.core.io import read_parquet, write_json
+from alol.core.stage import stage
 from alol.models.value import r2
 
 
@@ -80,6 +81,7 @@ def cross_validated(rows: int, folds: list[np.ndarray], fit) -> np.ndarray:
     return pred
 
 
+@stage
 def main(annotated: Path = typer.Argument(..., help="Folder with the annotated validation.parquet."),
          reference: Path = typer.Argument(..., help="The reference policy folder."),
          targets: list[str] = typer.Argument(..., help="name=generations.parquet of estimate_value, one per target."),
@@ -93,17 +95,17 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     from alol.models.load import ModelConfig, load_tokenizer
     from alol.core.params import BaseConfig, load_params, section
     from alol.training.reference import load_frozen
-    from alol.models.reference_pass import reference_pass
-    from alol.models.logprobs import Example, encode_prompts
+    from alol.models.logprobs import Example, encode_prompts, forward_rows
     from alol.models.value import ValueConfig, fit_value_head, predict, reward_range
 
     p = load_params(params)
     base, cfg = section(p, "base", BaseConfig), section(p, "estimate_value", ValueConfig)
-    frame = pl.read_parquet(annotated / "validation.parquet").select("prompt_id", "group_id", "prompt")
+    frame = read_parquet(annotated / "validation.parquet", ["prompt_id", "group_id", "prompt"]).select(
+        "prompt_id", "group_id", "prompt")
     tables = {}
     for item in targets:
         name, _, path = item.partition("=")
-        table = pl.read_parquet(path).group_by("prompt_id").agg(pl.col("reward").mean(), pl.len().alias("replies"))
+        table = read_parquet(path, ["prompt_id", "reward"]).group_by("prompt_id").agg(pl.col("reward").mean(), pl.len().alias("replies"))
         joined = frame.join(table, on="prompt_id", how="left")
         if joined["reward"].null_count():
             raise AlolError(f"{path}: no replies for {joined['reward'].null_count()} of the validation prompts in "
@@ -113,7 +115,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     examples = [Example(ids, []) for ids in encode_prompts(tokenizer, frame["prompt"].to_list(), base.max_prompt_tokens)]
-    _, states = reference_pass(model, examples, tokenizer.pad_token_id)
+    _, states = forward_rows(model, examples, tokenizer.pad_token_id)
     pooled = np.stack([s.mean(0).numpy() for s in states])
     groups = frame["group_id"].to_list()
     split = group_folds(groups, folds, base.seed)
@@ -139,7 +141,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated v
             "target_r2_vs_truth": r2(y, truth_y)}
     for item in advantages:
         name, _, path = item.partition("=")
-        results.setdefault("noise_separation", {})[name] = noise_separation(pl.read_parquet(path))
+        results.setdefault("noise_separation", {})[name] = noise_separation(read_parquet(path, ["advantage", "reward"]))
     print(json.dumps(results, indent=2))
     if out:
         write_json(results, out)
