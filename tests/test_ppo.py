@@ -106,8 +106,7 @@ def test_rollout_targets_put_the_penalty_on_the_reference_log_ratio():
     """The loop's glue on two rollouts of 2 and 1 tokens (gamma = lambda = 1, V = 0, beta 0.5): rollout A
     (log pi -1, -2; log pi_ref -1.5, -1; reward 1) gets per-token rewards -0.25, 0.5 + 1, so returns
     1.25, 1.5; rollout B (log pi = log pi_ref = -1; reward 2) returns 2. KL per reply: -0.5 and 0."""
-    from alol.algorithms.finetune import PPOConfig
-    from alol.algorithms.ppo_trainer import rollout_targets
+    from alol.algorithms.ppo_trainer import PPOConfig, rollout_targets
 
     scored = [([-1.0, -2.0], [0.0, 0.0], [-1.5, -1.0]), ([-1.0], [0.0], [-1.0])]
     advantages, returns, stats = rollout_targets(np.array([1.0, 2.0]), scored, PPOConfig(gamma=1.0, lam=1.0),

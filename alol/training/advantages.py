@@ -11,8 +11,6 @@ import polars as pl
 from alol.core.errors import AlolError
 from alol.training.plans import plan_frame, priority_plan, uniform_plan
 
-STRATEGIES = ("uniform", "good_priority", "all_priority", "reward_priority", "pairs")
-
 
 @dataclasses.dataclass
 class PlanConfig:
