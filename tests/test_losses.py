@@ -167,3 +167,16 @@ def test_online_algorithms_take_no_plan():
     assert ALGORITHMS["ppo"].family.name == "ppo" and ALGORITHMS["grpo"].family.name == "trl"
     with pytest.raises(AlolError, match=r"sampling_strategy 'uniform' does not fit ppo; valid: auto \(online\)"):
         check_algorithm("ppo", FinetuneConfig(sampling_strategy="uniform"))
+
+
+def test_the_registry_is_the_families_records_in_order():
+    """alol.algorithms.ALGORITHMS is each family module's records, in the order tables list them, and
+    each record's family owns the train function the finetune stage calls."""
+    from alol.algorithms import ppo_trainer, trl
+
+    assert list(ALGORITHMS) == ["nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl",
+                                "dpo", "dpo_ref_free", "pro", "ppo", "grpo", "rloo"]
+    modules = {"offline": offline, "preference": preference, "ppo": ppo_trainer, "trl": trl}
+    for name, algorithm in ALGORITHMS.items():
+        assert algorithm.family.train is modules[algorithm.family.name].train, name
+        assert algorithm in modules[algorithm.family.name].ALGORITHMS

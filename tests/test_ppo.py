@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import polars as pl
@@ -232,7 +233,8 @@ def finetune(root, out="policy", processes=0, **kwargs):
     args = [root / "adv", root / "plans.parquet", root / "reference", root / out, root / f"results-{out}",
             "--annotated", root / "annotated", "--assets", root, "--params", root / "params.yaml"]
     return run_stage("finetune.py", *args, cwd=root, check=True, processes=processes,
-                     env={"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, **kwargs)
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+                          "OMP_NUM_THREADS": "1"}, **kwargs)
 
 
 def test_ppo_end_to_end_reward_rises(workdir):

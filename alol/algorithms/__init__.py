@@ -13,11 +13,10 @@ stages/finetune.py only parses, calls `ALGORITHMS[name].family.train(run)` and w
 
 Adding an offline loss is one edit of alol/algorithms/offline.py (+ its test in tests/test_losses.py):
 
-    def losses_my_loss(logps, mask, advantage, ref_logps, ppo_clip, **_):   # per-example loss (B,)
+    def losses_my_loss(logps, mask, advantage, **_):     # the per-example loss (B,)
         return advantage.clamp(min=0) * nll(logps, mask)
 
-    # and its record, appended to offline.ALGORITHMS:
-    Algorithm("my_loss", OFFLINE, losses_my_loss, (ADV, REF), "good_priority", clipped=False)
+    ALGORITHMS = (..., Algorithm("my_loss", OFFLINE, losses_my_loss, (ADV,), "good_priority"))  # its record
 
 `reads` names the advantages table's columns the loss takes (reward, advantage, ref_token_logps
 arrive as `reward`, `advantage`, `ref_logps`; any other column under its own name), `strategy` its
