@@ -16,7 +16,7 @@ from alol.core.device import is_main_process
 from alol.models.generate import generate
 from alol.core.io import read_parquet, write_json, write_parquet
 from alol.models.load import ModelConfig, load_tokenizer
-from alol.algorithms.pairs import SampleConfig, order_pairs
+from alol.training.pairs import SampleConfig, order_pairs
 from alol.core.params import BaseConfig, load_params, section
 from alol.training.reference import load_frozen
 from alol.models.logprobs import forward_rows

@@ -11,13 +11,15 @@ import typer
 from alol.core.live import LiveLog
 from alol.core.stage import stage
 from alol.core.device import is_main_process
-from alol.algorithms.finetune import offline_loss_fn, FinetuneConfig
+from alol.algorithms import ALGORITHMS, offline
+from alol.algorithms.finetune import FinetuneConfig
 from alol.core.io import atomic_path, read_parquet, write_json
 from alol.models.load import ModelConfig, load_policy, load_tokenizer, save_policy
 from alol.core.params import BaseConfig, load_params, section
 from alol.training.plans import uniform_plan
 from alol.training.reference import ReferenceConfig, table_examples
-from alol.training.loop import Checkpoint, folder_digest, run_fingerprint, summarize, train
+from alol.training.loop import Checkpoint, folder_digest, run_fingerprint, train
+from alol.training.summary import summarize_loop
 
 
 @stage
@@ -57,14 +59,14 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
     checkpoint = Checkpoint(checkpoint_dir, run_fingerprint(
         {"algorithm": "nll", "model": model_cfg, "base_policy": folder_digest(assets / "policy")}, cfg.train, plan, rows, {}))
     live = LiveLog(results / "live", resume=checkpoint.resumable) if is_main_process() else None
-    model = train(model, rows, {}, plan, offline_loss_fn("nll", FinetuneConfig()), cfg.train, tokenizer.pad_token_id,
+    model = train(model, rows, {}, plan, offline.loss_fn(ALGORITHMS["nll"], FinetuneConfig()), cfg.train, tokenizer.pad_token_id,
                   checkpoint, live)
     if is_main_process():
         live.close()
         with atomic_path(out) as tmp:
             save_policy(model, tokenizer, tmp)
         checkpoint.remove()
-        write_json(summarize(live.history), results / "summary.json")
+        write_json(summarize_loop(live.history), results / "summary.json")
 
 if __name__ == "__main__":
     typer.run(main)

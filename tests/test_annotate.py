@@ -100,10 +100,9 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     import numpy as np
     import torch
 
-    from alol.algorithms import losses
+    from alol.algorithms import ALGORITHMS, preference
     from alol.rewards.annotate import annotate_splits
-    from alol.algorithms.finetune import preference_rows
-    from alol.algorithms.pairs import order_pairs
+    from alol.training.pairs import order_pairs
     from alol.rewards import RewardComponentConfig, RewardFunction
 
     reward = RewardFunction({"oasst": RewardComponentConfig(type="reward_model", model="never-loaded")}, ".")
@@ -113,12 +112,12 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     assert train["candidate_raw_rewards"].to_list() == [[2.0, -1.0]]
     assert train["raw_reward"].to_list() == [2.0]
     pairs = order_pairs(train, ["bad"], np.array([0.268941]), [-3.0], [-4.0], np.array([-1.0]))
-    _, extras = preference_rows(pairs, tiny_tokenizer, 16, 8)
-    assert extras["reward_0"][0] - extras["reward_1"][0] == pytest.approx(3.0)
+    _, extras = preference.encode_rows(pairs, tiny_tokenizer, ALGORITHMS["pro"], 16, 8)
+    assert extras["chosen_raw_reward"][0] - extras["rejected_raw_reward"][0] == pytest.approx(3.0)
     # the ranking term with s = [-1, -2]: log(e^(-1 T) + e^(-2 T)) + T = log(1 + e^-T)
     scores = torch.tensor([[-1.0, -2.0]])
-    rewards = torch.tensor([[extras["reward_0"][0], extras["reward_1"][0]]])
-    ranking = losses.pro(scores, rewards, torch.zeros(1), sft_weight=0.0).item()
+    rewards = torch.tensor([[extras["chosen_raw_reward"][0], extras["rejected_raw_reward"][0]]])
+    ranking = preference.pro(scores, rewards, torch.zeros(1), sft_weight=0.0).item()
     assert ranking == pytest.approx(math.log(1 + math.exp(-3.0)))  # 0.04859 (sigmoids: log(1 + e^-0.6119) = 0.4358)
 
 
@@ -126,7 +125,7 @@ def test_without_a_reward_model_the_raw_reward_is_the_reward(workdir):
     """Chit-chat: no component squashes a logit, so PRO's temperature is the task reward's difference."""
     import numpy as np
 
-    from alol.algorithms.pairs import order_pairs
+    from alol.training.pairs import order_pairs
 
     frame = pl.DataFrame({"prompt_id": ["a"], "prompt": ["p"], "completion": ["d"], "reward": [0.75]})
     pairs = order_pairs(frame, ["g"], np.array([0.25]), [-1.0], [-2.0])

@@ -173,3 +173,19 @@ def test_resume_mends_dvclive_files_cut_by_a_kill(tmp_path):
     assert (live / "plots" / "metrics" / "loss.tsv").read_text().splitlines() == ["step\tloss", "0\t2.0", "1\t1.25"]
     assert (live / "plots" / "metrics" / "kl.tsv").read_text().splitlines() == ["step\tkl", "1\t0.5"]
     assert json.loads((live / "metrics.json").read_text())["loss"] == 1.25
+
+
+def test_summary_after_a_resume_without_the_live_folder_covers_the_whole_run(workdir):
+    """DVC deletes results/finetune/live (a non-persisted output) before a rerun: the resumed run's
+    summary must still start at step 1, from the history kept in the checkpoint."""
+    import shutil
+
+    run_stage("finetune.py", *finetune_args(workdir, "straight"), cwd=workdir, check=True)
+    killed = run_stage("finetune.py", *finetune_args(workdir, "resumed", "ckpt"), cwd=workdir, env=kill_at(2))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    shutil.rmtree(workdir / "results-resumed" / "live")
+    run_stage("finetune.py", *finetune_args(workdir, "resumed", "ckpt"), cwd=workdir, check=True)
+    straight, resumed = (json.loads((workdir / f"results-{out}" / "summary.json").read_text())
+                         for out in ("straight", "resumed"))
+    assert resumed["first_loss"] == straight["first_loss"] and resumed["final_loss"] == straight["final_loss"]
+    assert resumed["steps"] == straight["steps"]

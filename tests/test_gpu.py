@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from alol.core.device import device, reward_dtype
-from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn
+from alol.algorithms import ALGORITHMS, offline
+from alol.algorithms.finetune import FinetuneConfig
 from alol.models.generate import GenerationConfig, generate
 from alol.models.load import ModelConfig, load_policy
 from alol.training.plans import uniform_plan
@@ -76,7 +77,7 @@ def timed_training(model, tok, steps=4):
     data = rows(tok)
     log = []
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    model = train(model, data, {}, uniform_plan(len(data), steps, 16, seed=0), offline_loss_fn("nll", FinetuneConfig()),
+    model = train(model, data, {}, uniform_plan(len(data), steps, 16, seed=0), offline.loss_fn(ALGORITHMS["nll"], FinetuneConfig()),
                   TrainConfig(learning_rate=1e-3, batch_size=16, micro_batch_size=8), tok.pad_token_id,
                   log=lambda step, m: log.append(m))
     moved = [n for n, p in model.named_parameters() if n in before and not torch.equal(before[n], p.detach())]

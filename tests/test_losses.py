@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from alol.algorithms import losses
+from alol.algorithms import ALGORITHMS, check_algorithm, offline, preference
 
 LOGPS = [[-1.0, -2.0, -9.0], [-0.5, -1.5, -3.0]]
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -26,8 +26,8 @@ ADV = torch.tensor([1.5, -0.5])
 
 def batch_loss(name, **settings):
     logps = torch.tensor(LOGPS, requires_grad=True)
-    per_example = losses.ALGORITHMS[name].loss(logps=logps, mask=MASK, ref_logps=REF, reward=REWARD,
-                                               advantage=ADV, **settings)
+    per_example = ALGORITHMS[name].loss(logps=logps, mask=MASK, ref_logps=REF, reward=REWARD,
+                                        advantage=ADV, **settings)
     return per_example.mean(), logps
 
 
@@ -91,16 +91,16 @@ def test_dpo():
     chosen, rejected = torch.tensor([-3.0]), torch.tensor([-5.0])
     ref_chosen, ref_rejected = torch.tensor([-3.5]), torch.tensor([-4.5])
     # z = 0.1 * ((-3 + 5) - (-3.5 + 4.5)) = 0.1 ; -log sigmoid(z) = log(1 + e^-z)
-    assert losses.dpo(chosen, rejected, ref_chosen, ref_rejected, beta=0.1).item() == pytest.approx(
+    assert preference.dpo(chosen, rejected, ref_chosen, ref_rejected, beta=0.1).item() == pytest.approx(
         math.log(1 + math.exp(-0.1)))  # 0.64440
-    assert losses.dpo(chosen, rejected, beta=0.1).item() == pytest.approx(math.log(1 + math.exp(-0.2)))  # ref-free
+    assert preference.dpo(chosen, rejected, beta=0.1).item() == pytest.approx(math.log(1 + math.exp(-0.2)))  # ref-free
 
 
 def test_pro_two_candidates():
     scores, rewards = torch.tensor([[-1.0, -2.0]]), torch.tensor([[1.0, -1.0]])
     # T = r0 - r1 = 2: log(e^{-2} + e^{-4}) - (-2) = log(1 + e^-2) = 0.126928; + 0.05 * 1 * NLL(y0 = 3.0)
     expected = math.log(1 + math.exp(-2)) + 0.05 * 3.0
-    assert losses.pro(scores, rewards, torch.tensor([3.0])).item() == pytest.approx(expected)
+    assert preference.pro(scores, rewards, torch.tensor([3.0])).item() == pytest.approx(expected)
 
 
 def test_pro_three_candidates():
@@ -109,11 +109,11 @@ def test_pro_three_candidates():
     # k = 1: T12 = 2, T11 = 2 -> logits [-2, -4]: log(1 + e^-2) = 0.126928
     # SFT: 0.05 * (3 - 1)^2 * NLL 2.0 = 0.4
     expected = math.log(1 + math.exp(-1) + math.exp(-6)) + math.log(1 + math.exp(-2)) + 0.4
-    assert losses.pro(scores, rewards, torch.tensor([2.0])).item() == pytest.approx(expected)  # 0.841999
+    assert preference.pro(scores, rewards, torch.tensor([2.0])).item() == pytest.approx(expected)  # 0.841999
 
 
 def test_stats():
-    stats = losses.offline_stats(torch.tensor(LOGPS), MASK, REF, ADV, ppo_clip=0.2)
+    stats = offline.offline_stats(torch.tensor(LOGPS), MASK, REF, ADV, ppo_clip=0.2)
     assert stats["advantage/positive_fraction"] == 0.5
     assert stats["ratio/mean"] == pytest.approx((math.exp(0.5) + math.exp(-0.5)) / 2)
     assert stats["ratio/clip_fraction"] == 1.0  # both ratios fall outside [0.8, 1.2]
@@ -124,10 +124,10 @@ def test_stats():
 
 def test_algorithm_table_matches_the_spec():
     """Spec section 2's 'needs pi_ref' / 'needs V' columns, and the pairs algorithms."""
-    table = losses.ALGORITHMS
-    assert {n for n, a in table.items() if a.needs_ref} == {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo"}
+    table = ALGORITHMS
+    assert {n for n, a in table.items() if any(c.startswith("ref_") for c in a.reads)} == {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo"}
     assert {n for n, a in table.items() if a.needs_advantage} == {"a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"}
-    assert {n for n, a in table.items() if a.pairs} == {"dpo", "dpo_ref_free", "pro"}
+    assert {n for n, a in table.items() if a.family.name == "preference"} == {"dpo", "dpo_ref_free", "pro"}
     assert {n for n, a in table.items() if a.clipped} == {"r_lol", "a_lol", "a_lol_seq"}
 
 
@@ -140,16 +140,16 @@ def test_algorithm_table_matches_the_spec():
 ])
 def test_mismatched_sampling_strategy_is_refused(algorithm, strategy):
     from alol.core.errors import AlolError
-    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
+    from alol.algorithms.finetune import FinetuneConfig
 
     with pytest.raises(AlolError, match=rf"finetune\.sampling_strategy '{strategy}' does not fit {algorithm}; valid"):
         check_algorithm(algorithm, FinetuneConfig(sampling_strategy=strategy))
 
 
 def test_auto_and_fitting_strategies():
-    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
+    from alol.algorithms.finetune import FinetuneConfig
 
-    auto = {name: check_algorithm(name, FinetuneConfig()) for name in losses.ALGORITHMS}
+    auto = {name: check_algorithm(name, FinetuneConfig()) for name in ALGORITHMS}
     assert auto == {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority",
                     "r_lol": "reward_priority", "a_lol": "good_priority", "a_lol_ref_free": "good_priority",
                     "a_lol_seq": "good_priority", "a_lol_kl": "good_priority", "dpo": "pairs",
@@ -161,9 +161,22 @@ def test_auto_and_fitting_strategies():
 def test_online_algorithms_take_no_plan():
     """ppo, grpo and rloo train on their own rollouts: a sampling strategy for a plan of rows is an error."""
     from alol.core.errors import AlolError
-    from alol.algorithms.finetune import FinetuneConfig, check_algorithm
+    from alol.algorithms.finetune import FinetuneConfig
 
-    assert {n for n, a in losses.ALGORITHMS.items() if a.online} == {"ppo", "grpo", "rloo"}
-    assert losses.ALGORITHMS["ppo"].online == "alol" and losses.ALGORITHMS["grpo"].online == "trl"
+    assert {n for n, a in ALGORITHMS.items() if a.strategy == "online"} == {"ppo", "grpo", "rloo"}
+    assert ALGORITHMS["ppo"].family.name == "ppo" and ALGORITHMS["grpo"].family.name == "trl"
     with pytest.raises(AlolError, match=r"sampling_strategy 'uniform' does not fit ppo; valid: auto \(online\)"):
         check_algorithm("ppo", FinetuneConfig(sampling_strategy="uniform"))
+
+
+def test_the_registry_is_the_families_records_in_order():
+    """alol.algorithms.ALGORITHMS is each family module's records, in the order tables list them, and
+    each record's family owns the train function the finetune stage calls."""
+    from alol.algorithms import ppo_trainer, trl
+
+    assert list(ALGORITHMS) == ["nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl",
+                                "dpo", "dpo_ref_free", "pro", "ppo", "grpo", "rloo"]
+    modules = {"offline": offline, "preference": preference, "ppo": ppo_trainer, "trl": trl}
+    for name, algorithm in ALGORITHMS.items():
+        assert algorithm.family.train is modules[algorithm.family.name].train, name
+        assert algorithm in modules[algorithm.family.name].ALGORITHMS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import polars as pl
@@ -106,8 +107,7 @@ def test_rollout_targets_put_the_penalty_on_the_reference_log_ratio():
     """The loop's glue on two rollouts of 2 and 1 tokens (gamma = lambda = 1, V = 0, beta 0.5): rollout A
     (log pi -1, -2; log pi_ref -1.5, -1; reward 1) gets per-token rewards -0.25, 0.5 + 1, so returns
     1.25, 1.5; rollout B (log pi = log pi_ref = -1; reward 2) returns 2. KL per reply: -0.5 and 0."""
-    from alol.algorithms.finetune import PPOConfig
-    from alol.algorithms.ppo_trainer import rollout_targets
+    from alol.algorithms.ppo_trainer import PPOConfig, rollout_targets
 
     scored = [([-1.0, -2.0], [0.0, 0.0], [-1.5, -1.0]), ([-1.0], [0.0], [-1.0])]
     advantages, returns, stats = rollout_targets(np.array([1.0, 2.0]), scored, PPOConfig(gamma=1.0, lam=1.0),
@@ -233,7 +233,8 @@ def finetune(root, out="policy", processes=0, **kwargs):
     args = [root / "adv", root / "plans.parquet", root / "reference", root / out, root / f"results-{out}",
             "--annotated", root / "annotated", "--assets", root, "--params", root / "params.yaml"]
     return run_stage("finetune.py", *args, cwd=root, check=True, processes=processes,
-                     env={"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, **kwargs)
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+                          "OMP_NUM_THREADS": "1"}, **kwargs)
 
 
 def test_ppo_end_to_end_reward_rises(workdir):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alol.algorithms import losses
-from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn, preference_loss_fn
+from alol.algorithms import ALGORITHMS, offline, preference
+from alol.algorithms.finetune import FinetuneConfig
 from alol.models.load import ModelConfig, load_policy
 from alol.training.plans import uniform_plan
 from alol.models.logprobs import collate, completion_logps, encode, forward_rows
@@ -57,7 +57,7 @@ def run(path, tok, algorithm="nll", mode="full", steps=2, batch_size=4, micro=4,
         "ref_token_logps": [(-rng.uniform(1, 6, len(e.completion_ids))).tolist() for e in exs]}
     log = []
     model = train(model, [[e] for e in exs], extras, uniform_plan(len(exs), steps, batch_size, seed=0),
-                  offline_loss_fn(algorithm, cfg or FinetuneConfig(ppo_clip=0.2, kl_beta=0.1)),
+                  offline.loss_fn(ALGORITHMS[algorithm], cfg or FinetuneConfig(ppo_clip=0.2, kl_beta=0.1)),
                   TrainConfig(learning_rate=lr, batch_size=batch_size, micro_batch_size=micro, weight_decay=0.0,
                               max_grad_norm=max_grad_norm, eval_every=eval_every, adam_eps=adam_eps), tok.pad_token_id,
                   log=lambda s, m: log.append({"step": s, **m}), validate=validate)
@@ -80,7 +80,7 @@ def test_gradient_accumulation_invariance(tiny):
         torch.testing.assert_close(value, trainable(b)[name], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("algorithm", [name for name, a in losses.ALGORITHMS.items() if not a.pairs and not a.online])
+@pytest.mark.parametrize("algorithm", [name for name, a in ALGORITHMS.items() if a.family is offline.OFFLINE])
 def test_every_algorithm_moves_every_parameter_deterministically(tiny, algorithm):
     path, tok = tiny
     before = trainable(load_policy(path, ModelConfig(mode="full")))
@@ -131,9 +131,9 @@ def test_preference_algorithms_move_every_parameter(tiny, algorithm):
     chosen, rejected = examples(tok, 8)[:4], examples(tok, 8)[4:]
     rows = [[c, r] for c, r in zip(chosen, rejected)]
     extras = {"ref_chosen_logp": [-5.0, -6.0, -4.0, -7.0], "ref_rejected_logp": [-6.0, -5.0, -8.0, -7.5],
-              "reward_0": [1.0, 0.5, 2.0, 0.3], "reward_1": [0.2, 0.1, 1.0, -0.3]}
+              "chosen_raw_reward": [1.0, 0.5, 2.0, 0.3], "rejected_raw_reward": [0.2, 0.1, 1.0, -0.3]}
     model = train(model, rows, extras, uniform_plan(4, 2, 4, seed=0),
-                  preference_loss_fn(algorithm, FinetuneConfig(), candidates=2),
+                  preference.loss_fn(ALGORITHMS[algorithm], FinetuneConfig(), candidates=2),
                   TrainConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=2, weight_decay=0.0),
                   tok.pad_token_id)
     after = trainable(model)
@@ -157,8 +157,8 @@ def test_precomputed_reference_equals_recomputed(tiny):
     for name in ("a_lol", "a_lol_seq", "a_lol_kl", "r_lol"):
         kwargs = dict(logps=logps, mask=batch["completion_mask"], advantage=advantage, reward=advantage.abs(),
                       ppo_clip=0.2, kl_beta=0.1)
-        precomputed = losses.ALGORITHMS[name].loss(ref_logps=batch["ref_token_logps"], **kwargs)
-        online = losses.ALGORITHMS[name].loss(ref_logps=recomputed, **kwargs)
+        precomputed = ALGORITHMS[name].loss(ref_logps=batch["ref_token_logps"], **kwargs)
+        online = ALGORITHMS[name].loss(ref_logps=recomputed, **kwargs)
         torch.testing.assert_close(precomputed, online, atol=1e-5, rtol=1e-6)
 
 
@@ -169,7 +169,7 @@ def test_qlora_step_on_cpu(tiny):
     assert any("4bit" in type(m).__name__ for m in model.modules()), "base weights are not 4-bit"
     before = trainable(model)
     model = train(model, [[e] for e in examples(tok)], {}, uniform_plan(8, 2, 4, seed=0),
-                  offline_loss_fn("nll", FinetuneConfig()), TrainConfig(learning_rate=1e-2, batch_size=4,
+                  offline.loss_fn(ALGORITHMS["nll"], FinetuneConfig()), TrainConfig(learning_rate=1e-2, batch_size=4,
                                                                           micro_batch_size=4, weight_decay=0.0),
                   tok.pad_token_id)
     after = trainable(model)
@@ -224,7 +224,7 @@ def test_best_weights_and_score_survive_a_resume(tiny, tmp_path):
         model = load_policy(path, ModelConfig(mode="full"))
         exs = examples(tok)
         result = train(model, [[e] for e in exs], {}, uniform_plan(len(exs), 5, 4, seed=0),
-                       offline_loss_fn("nll", FinetuneConfig()),
+                       offline.loss_fn(ALGORITHMS["nll"], FinetuneConfig()),
                        TrainConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=4, weight_decay=0.0,
                                    eval_every=1, checkpoint_every=1), tok.pad_token_id,
                        checkpoint=Checkpoint(folder, "run-1"), validate=validate)
@@ -259,3 +259,96 @@ def test_a_saved_adapter_loads_from_outside_its_repository(tmp_path, tiny_tokeni
     assert load_tokenizer(repo / "models" / "policy").eos_token_id == tiny_tokenizer.eos_token_id
     got = completion_logps(loaded, collate(examples(tiny_tokenizer, 2), tiny_tokenizer.pad_token_id))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+class History:
+    """What the loop needs of a LiveLog: called on every logged row, and keeps them."""
+
+    def __init__(self):
+        self.history = []
+
+    def __call__(self, step, metrics):
+        self.history.append({"step": step, **metrics})
+
+
+def test_a_resumed_runs_summary_covers_the_whole_run(tiny, tmp_path):
+    """Stopped after the step-3 checkpoint and resumed with an empty log (DVC deletes the live folder
+    before a rerun), the summary is the uninterrupted run's: the history travels in the checkpoint."""
+    from alol.training.loop import Checkpoint
+    from alol.training.summary import summarize_loop
+
+    path, tok = tiny
+    exs = examples(tok)
+
+    def run_logged(folder, stop_at=None):
+        calls = []
+        nll = offline.loss_fn(ALGORITHMS["nll"], FinetuneConfig())
+
+        def loss_fn(model, batch):  # one micro-batch per step: call k is step k
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise Crash
+            return nll(model, batch)
+
+        torch.manual_seed(0)
+        log = History()
+        train(load_policy(path, ModelConfig(mode="full")), [[e] for e in exs], {}, uniform_plan(len(exs), 5, 4, seed=0),
+              loss_fn, TrainConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=4, weight_decay=0.0,
+                                   checkpoint_every=1), tok.pad_token_id, checkpoint=Checkpoint(folder, "run-1"), log=log)
+        return log.history
+
+    straight = run_logged(tmp_path / "a")
+    with pytest.raises(Crash):
+        run_logged(tmp_path / "b", stop_at=4)  # the last checkpoint is step 3's
+    resumed = run_logged(tmp_path / "b")
+    losses = [[h["loss"] for h in rows] for rows in (straight, resumed)]
+    assert len(losses[0]) == 5 and len(losses[1]) == 5  # every step logged once
+    assert np.mean(losses[1]) == np.mean(losses[0])
+    assert summarize_loop(resumed)["first_loss"] == summarize_loop(straight)["first_loss"]
+    assert summarize_loop(resumed)["steps"] == 5
+
+
+# --- run summaries: one summarize, each family naming its fields (worked by hand) --------------
+
+def test_the_loops_summary_by_hand():
+    from alol.training.summary import summarize_loop
+
+    history = [{"step": 0, "validation/reward": 0.5, "validation/best": 0.5},
+               {"step": 1, "loss": 2.0, "tokens_per_second": 100.0, "step_seconds": 1.0},
+               {"step": 2, "loss": 1.0, "tokens_per_second": 300.0, "step_seconds": 3.0},
+               {"step": 2, "validation/reward": 0.75, "validation/best": 0.75}]
+    summary = summarize_loop(history)
+    assert list(summary) == ["steps", "first_loss", "final_loss", "tokens_per_second", "train_seconds",
+                             "best_validation_step", "best_validation_reward"]
+    # tokens/s over the run: (100 x 1 + 300 x 3) / (1 + 3) = 250
+    assert summary == {"steps": 2, "first_loss": 2.0, "final_loss": 1.0, "tokens_per_second": 250.0,
+                       "train_seconds": 4.0, "best_validation_step": 2, "best_validation_reward": 0.75}
+    assert summarize_loop(history[:1]) == {"steps": 0}
+
+
+def test_the_ppo_summary_by_hand():
+    from alol.algorithms.ppo_trainer import summarize_ppo
+
+    row = lambda step, reward, loss, kl, tokens, tps, update, seconds: {  # noqa: E731
+        "step": step, "rewards/mean": reward, "loss": loss, "kl": kl, "optimizer_steps": 4, "rollout_tokens": tokens,
+        "rollout_seconds": 2.0, "tokens_per_second": tps, "update_seconds": update, "step_seconds": seconds}
+    summary = summarize_ppo([row(1, 0.2, 1.5, 0.1, 100, 50.0, 1.0, 3.0), row(2, 0.4, 1.0, 0.3, 60, 150.0, 3.0, 5.0)])
+    assert list(summary) == ["steps", "optimizer_steps", "first_reward", "final_reward", "first_loss", "final_loss",
+                             "final_kl", "generated_tokens", "rollout_tokens_per_second", "tokens_per_second",
+                             "rollout_seconds", "train_seconds"]
+    # rollout tokens/s: 160 / 4 s; training tokens/s: (50 x 1 + 150 x 3) / 4 s
+    assert summary == {"steps": 2, "optimizer_steps": 8, "first_reward": 0.2, "final_reward": 0.4, "first_loss": 1.5,
+                       "final_loss": 1.0, "final_kl": 0.3, "generated_tokens": 160, "rollout_tokens_per_second": 40.0,
+                       "tokens_per_second": 125.0, "rollout_seconds": 4.0, "train_seconds": 8.0}
+
+
+def test_the_trl_summary_by_hand():
+    from alol.algorithms.trl import summarize_trl
+
+    history = [{"step": 1, "reward": 0.1, "loss": 0.5, "step_time": 2.0}, {"step": 2, "reward": 0.3, "step_time": 2.0},
+               {"step": 2, "train_runtime": 5.0}]
+    assert summarize_trl(history, 100) == {"steps": 2, "first_reward": 0.1, "final_reward": 0.3, "first_loss": 0.5,
+                                           "final_loss": None, "generated_tokens": 100,
+                                           "generated_tokens_per_second": 20.0, "train_seconds": 5.0}
+    assert summarize_trl(history[:2], 100)["train_seconds"] == 4.0  # no train_runtime: the steps' times
+    assert summarize_trl([], 0) == {"steps": 0}

@@ -12,7 +12,7 @@ import torch
 from alol.training.advantages import PlanConfig, make_plans, select_plan, step_scales
 from alol.core.errors import AlolError
 from alol.models.generate import cut_at_stop
-from alol.algorithms.pairs import order_pairs
+from alol.training.pairs import order_pairs
 from alol.training.plans import priority_plan, uniform_plan
 from alol.models.value import ValueConfig, ValueHead, fit_quality, fit_value_head, predict
 
@@ -110,7 +110,7 @@ def test_all_priority_takes_steps_times_the_summed_positive_fractions():
 def test_validation_interval_scales_like_the_steps():
     """The authors' HH A-LoL run: 9000 x p steps, validation every 900 x p (~10 validations).
     p = 0.64: 900 x 0.64 = 576; uniform (scale 1): 900; off stays off; never below 1 step."""
-    from alol.algorithms.finetune import validation_interval
+    from alol.algorithms.run import validation_interval
 
     assert validation_interval(900, 0.64) == 576
     assert validation_interval(900, 1.0) == 900

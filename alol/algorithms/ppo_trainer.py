@@ -1,7 +1,7 @@
 """Online PPO (algorithm: ppo): rollouts from the current policy on the train prompts, scored with the
 task's reward, trained with the clipped objective of alol.algorithms.ppo on the training loop's conventions.
 
-    python stages/finetune.py ... (algorithm: ppo)     # the finetune stage dispatches here
+    python stages/finetune.py ... (algorithm: ppo)     # the finetune stage calls `train` (the ppo family)
     torchrun --nproc_per_node 2 stages/finetune.py ... # data parallel, same result as 1 process
 
 One PPO step: (1) sample one reply per prompt for `rollout_batch_size` train prompts (alol.models.generate,
@@ -22,6 +22,7 @@ disabled. Only full fine-tuning keeps a second, frozen model in memory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 
@@ -29,13 +30,55 @@ import numpy as np
 import torch
 
 from alol.algorithms import ppo
+from alol.algorithms.record import Algorithm, Family
+from alol.algorithms.run import rollout_start
 from alol.core.errors import AlolError
-from alol.algorithms.finetune import PPOConfig
-from alol.models.generate import generate_ids
+from alol.models.generate import GenerationConfig, generate_ids
 from alol.models.logprobs import Example, collate, completion_logps, completion_logps_and_states, length_grouped
-from alol.training.loop import BestWeights, make_accelerator, make_optimizer
+from alol.training.loop import TrainConfig, make_accelerator, make_optimizer
+from alol.training.summary import first, last, summarize, total, weighted_mean
+from alol.training.validation import Validation
 
 REFERENCE_ADAPTER = "reference"
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    """`finetune.ppo:` online PPO (algorithm: ppo). Defaults sized for the default task on 2 CPU cores
+    (one `dvc exp run -S algorithm=ppo` within 15 minutes); pipelines/hh/params.yaml has the authors'."""
+
+    steps: int = 8
+    """PPO steps: batches of rollouts, each trained on for `ppo_epochs` (authors: not stated)."""
+    rollout_batch_size: int = 16
+    """Prompts per PPO step, one sampled reply each, over all processes (authors: 16)."""
+    ppo_epochs: int = 2
+    """Passes over each batch of rollouts (authors: 4)."""
+    gamma: float = 1.0
+    """GAE discount over the reply's tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """eps of the clipped surrogate: ratios outside [1 - eps, 1 + eps] give no gradient."""
+    cliprange_value: float = 0.2
+    """eps_v: new values stay within old value +- eps_v in the clipped value loss."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss (the value head shares the policy's trunk)."""
+    init_kl_coef: float = 0.2
+    """beta at the start: per-token reward -beta (log pi - log pi_ref)."""
+    target_kl: float | None = 6.0
+    """Target of the adaptive KL controller (mean KL per reply, nats); null: beta stays fixed."""
+    horizon: int = 10000
+    """Horizon of the adaptive KL controller (rollouts)."""
+    whiten_rewards: bool = False
+    """Whiten the sequence rewards of each rollout batch (mean 0, std 1) before adding the KL penalty
+    (the authors' TRL run scaled and normalised scores by running statistics)."""
+    generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, do_sample=True, batch_size=16))
+    """Rollout decoding (sampling; top_p < 1 samples from a truncated pi, as the authors' top_p 0.95)."""
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=8, micro_batch_size=4))
+    """Optimiser, schedule and batching: batch_size = rollouts per optimizer step (a minibatch);
+    eval_every counts PPO steps; checkpoint_every must be 0 (PPO runs do not resume yet)."""
 
 
 def check_ppo(cfg: PPOConfig, processes: int = 1) -> int:
@@ -206,17 +249,10 @@ def train_ppo(policy, reference, model_cfg, tokenizer, frame, reward, cfg: PPOCo
     per_process = cfg.train.batch_size // accelerator.num_processes
     rank, main = accelerator.process_index, log is not None and accelerator.is_main_process
     pad = tokenizer.pad_token_id
-    best = BestWeights() if validate is not None and cfg.train.eval_every else None
-
-    def validation(step: int) -> None:  # collective, like train()'s
-        score = validate(unwrapped.policy)
-        kept = best.offer(unwrapped, score, step)
-        if main:
-            log(step, {"validation/reward": score, "validation/best": best.score})
-            accelerator.print(f"validation at step {step}: {score:.4f}" + (" (best so far)" if kept else ""))
-
-    if best is not None:
-        validation(0)
+    validation = Validation(validate, cfg.train.eval_every, cfg.steps, accelerator, log) if validate is not None \
+        and cfg.train.eval_every else None
+    if validation is not None:
+        validation(0, unwrapped.policy, unwrapped)  # the policy's replies; the value head's weights kept too
     for step in range(cfg.steps):
         tic = time.perf_counter()
         rows = frame[schedule[step].tolist()]
@@ -284,66 +320,39 @@ def train_ppo(policy, reference, model_cfg, tokenizer, frame, reward, cfg: PPOCo
                            "rollout_seconds": rollout_seconds, "rollout_tokens_per_second": generated / rollout_seconds,
                            "tokens_per_second": tokens / update_seconds, "update_seconds": update_seconds,
                            "optimizer_steps": updates, "step_seconds": time.perf_counter() - tic})
-        if best is not None and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.steps):
-            validation(step + 1)
+        if validation is not None and validation.due(step + 1):
+            validation(step + 1, unwrapped.policy, unwrapped)
     accelerator.wait_for_everyone()
-    if best is not None and best.state is not None and best.step != cfg.steps:
-        best.restore(unwrapped)
-        accelerator.print(f"kept the weights of step {best.step} (validation reward {best.score:.4f})")
+    if validation is not None:
+        validation.finish(unwrapped)
     return detach_reference(unwrapped.policy)
 
 
-def summarize(history: list[dict]) -> dict:
+def summarize_ppo(history: list[dict]) -> dict:
     """Run-level metrics of a PPO run: reward first and last, the cost (generated tokens, rollout and
     training tokens/s, seconds)."""
-    steps = [h for h in history if "rewards/mean" in h]
-    if not steps:
-        return {"steps": 0}
-    total = lambda key: sum(h[key] for h in steps)  # noqa: E731
-    validations = [h for h in history if "validation/reward" in h]
-    return {"steps": steps[-1]["step"], "optimizer_steps": total("optimizer_steps"),
-            "first_reward": steps[0]["rewards/mean"], "final_reward": steps[-1]["rewards/mean"],
-            "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"], "final_kl": steps[-1]["kl"],
-            "generated_tokens": int(total("rollout_tokens")),
-            "rollout_tokens_per_second": total("rollout_tokens") / total("rollout_seconds"),
-            "tokens_per_second": sum(h["tokens_per_second"] * h["update_seconds"] for h in steps)
-            / total("update_seconds"),
-            "rollout_seconds": total("rollout_seconds"), "train_seconds": total("step_seconds"),
-            **({"best_validation_step": max(validations, key=lambda h: h["validation/reward"])["step"],
-                "best_validation_reward": max(h["validation/reward"] for h in validations)} if validations else {})}
+    return summarize(history, "rewards/mean", optimizer_steps=total("optimizer_steps"),
+                     first_reward=first("rewards/mean"), final_reward=last("rewards/mean"),
+                     first_loss=first("loss"), final_loss=last("loss"), final_kl=last("kl"),
+                     generated_tokens=lambda rows: int(total("rollout_tokens")(rows)),
+                     rollout_tokens_per_second=lambda rows: total("rollout_tokens")(rows) / total("rollout_seconds")(rows),
+                     tokens_per_second=weighted_mean("tokens_per_second", "update_seconds"),
+                     rollout_seconds=total("rollout_seconds"), train_seconds=total("step_seconds"))
 
 
-def run_online(algorithm: str, params: dict, reference, tokenizer, annotated, assets, log=None):
-    """Train an online algorithm (ppo: alol.algorithms.ppo_trainer; grpo, rloo: TRL) from the reference on the train
-    prompts of `annotated`, scored with the task's reward. Returns (policy ready to save, run summary);
-    `log` is the main process's DVCLive log (None elsewhere)."""
-    from alol.algorithms import trl as trl_online
-    from alol.rewards.annotate import load_reward
-    from alol.algorithms.finetune import FinetuneConfig, make_validator
-    from alol.core.io import read_parquet
-    from alol.algorithms.losses import ALGORITHMS
-    from alol.models.load import ModelConfig
-    from alol.core.params import BaseConfig, section
-    from alol.training.reference import load_trainable
+def train(run):
+    """The ppo family: PPO from the reference on the train prompts, scored with the task's reward."""
+    live = run.live()
+    frame, reward, model = rollout_start(run)
+    cfg = run.cfg.ppo
+    validate = run.validator(reward) if cfg.train.eval_every else None
+    model = train_ppo(model, run.reference, run.model_cfg, run.tokenizer, frame, reward, cfg,
+                      run.base.max_prompt_tokens, run.base.seed, live, validate)
+    if live is not None:
+        live.close()
+    return model, summarize_ppo(live.history if live else [])
 
-    if annotated is None or assets is None:
-        raise AlolError(f"{algorithm} samples replies to the train prompts and scores them with the task reward: "
-                        "pass --annotated and --assets (as dvc.yaml does).")
-    base, cfg = section(params, "base", BaseConfig), section(params, "finetune", FinetuneConfig)
-    model_cfg = section(params, "model", ModelConfig)
-    columns = ["prompt_id", "prompt", "context"]
-    frame = read_parquet(annotated / "train.parquet", columns)
-    reward = load_reward(params, assets, annotated)
-    torch.manual_seed(base.seed)
-    model = load_trainable(reference, model_cfg)
-    if ALGORITHMS[algorithm].online == "trl":
-        model, generated = trl_online.train_trl(algorithm, model, tokenizer, frame, reward, getattr(cfg, algorithm),
-                                                model_cfg, base.seed, log)
-        return model, trl_online.summarize(log.history if log else [], generated)
-    validate = None
-    if cfg.ppo.train.eval_every:
-        validate = make_validator(reward, tokenizer, read_parquet(annotated / "validation.parquet", columns), cfg,
-                                  base.max_prompt_tokens, base.seed)
-    model = train_ppo(model, reference, model_cfg, tokenizer, frame, reward, cfg.ppo, base.max_prompt_tokens,
-                      base.seed, log, validate)
-    return model, summarize(log.history if log else [])
+
+PPO = Family("ppo", train)
+# online: rollouts of the current policy on the train prompts (compare: their cost in generated tokens)
+ALGORITHMS = (Algorithm("ppo", PPO, None, (), "online"),)

@@ -1,7 +1,7 @@
 """grpo and rloo through TRL's GRPOTrainer / RLOOTrainer: our policy (LoRA/QLoRA as `model:` says), our
 train prompts, our reward; TRL does the rest (sampling groups, group-relative advantages, the loss).
 
-    python stages/finetune.py ... (algorithm: grpo or rloo)    # the finetune stage dispatches here
+    python stages/finetune.py ... (algorithm: grpo or rloo)    # the finetune stage calls `train` (the trl family)
 
 What alol adds is only the glue: the policy loaded like every other algorithm's (the reference adapter
 keeps training; with beta > 0 TRL copies it into a frozen "ref" adapter, so the KL is against pi_ref,
@@ -15,14 +15,43 @@ within it, HH's does not).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import torch
 
+from alol.algorithms.record import Algorithm, Family
+from alol.algorithms.run import rollout_start
 from alol.core.errors import AlolError
-from alol.algorithms.finetune import TRLOnlineConfig
-from alol.models.generate import cut_at_stop
-from alol.training.loop import grad_accumulation
+from alol.models.generate import GenerationConfig, cut_at_stop
+from alol.training.loop import TrainConfig, grad_accumulation
+from alol.training.summary import first, last, summarize
+
+
+@dataclasses.dataclass
+class TRLOnlineConfig:
+    """`finetune.grpo:` / `finetune.rloo:` the settings alol passes to TRL's GRPOConfig / RLOOConfig
+    (everything else keeps TRL's defaults). Defaults sized for the default task on 2 CPU cores."""
+
+    steps: int = 8
+    """Optimizer steps (TRL's max_steps)."""
+    num_generations: int = 4
+    """Sampled replies per prompt (the group whose rewards give each reply's baseline)."""
+    beta: float = 0.0
+    """KL coefficient against pi_ref (GRPO: TRL's default 0.0, no reference pass; RLOO: TRL's 0.05)."""
+    epsilon: float = 0.2
+    """Clip range of the importance ratio."""
+    num_iterations: int = 1
+    """Optimisation passes per batch of generations (TRL's mu)."""
+    generation: GenerationConfig = dataclasses.field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, do_sample=True))
+    """Sampling: max_new_tokens, temperature, top_p, repetition_penalty (stop_strings: applied to the text
+    the reward sees; TRL trains on the tokens up to EOS or max_new_tokens)."""
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=16, micro_batch_size=8))
+    """Optimiser and batching: batch_size = replies per optimizer step over all processes (prompts x
+    num_generations), micro_batch_size = replies per forward (TRL's per_device_train_batch_size)."""
+
 
 
 def check_trl(algorithm: str, cfg: TRLOnlineConfig, processes: int = 1) -> int:
@@ -113,14 +142,27 @@ def train_trl(algorithm: str, policy, tokenizer, frame, reward, cfg: TRLOnlineCo
     return trained, generated
 
 
-def summarize(history: list[dict], generated_tokens: int) -> dict:
+def summarize_trl(history: list[dict], generated_tokens: int) -> dict:
     """Run-level metrics of a TRL run: reward first and last, the cost (generated tokens, seconds)."""
-    steps = [h for h in history if "reward" in h]
     end = next((h for h in reversed(history) if "train_runtime" in h), {})
-    if not steps:
-        return {"steps": 0}
-    seconds = end.get("train_runtime") or sum(h.get("step_time", 0.0) for h in steps)
-    return {"steps": steps[-1]["step"], "first_reward": steps[0]["reward"], "final_reward": steps[-1]["reward"],
-            "first_loss": steps[0].get("loss"), "final_loss": steps[-1].get("loss"),
-            "generated_tokens": generated_tokens, "generated_tokens_per_second": generated_tokens / seconds,
-            "train_seconds": seconds}
+    seconds = end.get("train_runtime") or sum(h.get("step_time", 0.0) for h in history if "reward" in h)
+    return summarize(history, "reward", first_reward=first("reward"), final_reward=last("reward"),
+                     first_loss=first("loss"), final_loss=last("loss"), generated_tokens=lambda _: generated_tokens,
+                     generated_tokens_per_second=lambda _: generated_tokens / seconds, train_seconds=lambda _: seconds)
+
+
+def train(run):
+    """The trl family: `run.algorithm` (grpo or rloo) through TRL, with its settings finetune.<name>."""
+    live = run.live()
+    frame, reward, model = rollout_start(run)
+    name = run.algorithm.name
+    model, generated = train_trl(name, model, run.tokenizer, frame, reward, getattr(run.cfg, name), run.model_cfg,
+                                 run.base.seed, live)
+    if live is not None:
+        live.close()
+    return model, summarize_trl(live.history if live else [], generated)
+
+
+TRL = Family("trl", train)
+ALGORITHMS = (Algorithm("grpo", TRL, None, (), "online"), Algorithm("rloo", TRL, None, (), "online"))
+"""Each with its own settings, finetune.grpo / finetune.rloo (TRLOnlineConfig), and TRL's trainer of that name."""

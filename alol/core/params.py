@@ -45,13 +45,13 @@ SECTIONS = {
     "model": "alol.models.load:ModelConfig",
     "train_reference": "alol.training.reference:ReferenceConfig",
     "estimate_value": "alol.models.value:ValueConfig",
-    "sample": "alol.algorithms.pairs:SampleConfig",
+    "sample": "alol.training.pairs:SampleConfig",
     "plan": "alol.training.advantages:PlanConfig",
     "finetune": "alol.algorithms.finetune:FinetuneConfig",
     "evaluate": "alol.evaluation.evaluate:EvaluateConfig",
 }
 SCALARS = {"task": ("chitchat", ("chitchat", "hh", "reddit", "wow", "comet")),
-           "algorithm": ("a_lol", "alol.algorithms.losses:ALGORITHMS")}
+           "algorithm": ("a_lol", "alol.algorithms:ALGORITHMS")}
 
 
 def _resolve(target: str):

@@ -1,6 +1,6 @@
 """Training throughput against the authors' design, TRL and this machine's matmul peak.
 
-    pip install -e '.[bench]' && python -m alol.bench            # after `dvc repro` (its rows)
+    pip install -e . && python -m alol.bench                   # after `dvc repro` (its rows)
 
 Every case trains the same rows of the default task (same order, batch, micro-batch, lr) from
 the same model, in its own child process so that its peak memory is its own (os.wait4):
@@ -119,7 +119,9 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
     import polars as pl
     import torch
 
-    from alol.algorithms.finetune import FinetuneConfig, offline_loss_fn, offline_rows, preference_loss_fn, preference_rows
+    from alol.algorithms import ALGORITHMS, offline
+    from alol.algorithms import preference as pairs_family  # `preference` below: this case trains on pairs
+    from alol.algorithms.finetune import FinetuneConfig
     from alol.models.load import ModelConfig, load_policy, load_tokenizer
     from alol.models.logprobs import completion_logps, encode, forward_rows
     from alol.training.loop import TrainConfig, train
@@ -131,12 +133,13 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
     frozen = load_policy(cfg.model, ModelConfig(mode="full"), trainable=False)
     finetune = FinetuneConfig()
     if preference:
-        rows, extras = preference_rows(frame, tok, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        rows, extras = pairs_family.encode_rows(frame, tok, ALGORITHMS["dpo"], cfg.max_prompt_tokens,
+                                               cfg.max_completion_tokens)
         chosen, rejected = zip(*rows)
         for name, seqs in (("ref_chosen_logp", chosen), ("ref_rejected_logp", rejected)):  # upstream, untimed
             logps, _ = forward_rows(frozen, list(seqs), tok.pad_token_id, want_states=False)
             extras[name] = [float(np.sum(x)) for x in logps]
-        loss_fn = preference_loss_fn("dpo", finetune, candidates=2)
+        loss_fn = pairs_family.loss_fn(ALGORITHMS["dpo"], finetune)
     else:
         algorithm = "nll" if case in ("a", "a_compile") else "a_lol"
         if case == "b":  # the advantages stage's column, computed here with the same starting model (untimed)
@@ -146,10 +149,10 @@ def run_alol(case: str, cfg: BenchConfig) -> list[tuple[float, int, int]]:
             frame = frame.with_columns(pl.Series("ref_token_logps", logps))  # a list would broadcast
         elif "ref_token_logps" not in frame.columns:
             frame = frame.with_columns(pl.Series("ref_token_logps", [[0.0]] * frame.height))
-        rows, extras = offline_rows(frame, tok, "nll" if case == "c" else algorithm, cfg.max_prompt_tokens,
-                                    cfg.max_completion_tokens, cfg.rows)
+        rows, extras = offline.encode_rows(frame, tok, ALGORITHMS["nll" if case == "c" else algorithm],
+                                          cfg.max_prompt_tokens, cfg.max_completion_tokens, cfg.rows)
         extras["advantage"] = frame["advantage"].to_list()
-        loss_fn = offline_loss_fn(algorithm, finetune)
+        loss_fn = offline.loss_fn(ALGORITHMS[algorithm], finetune)
         if case == "c":  # a second model in memory, run on every micro-batch
             inner = loss_fn
 

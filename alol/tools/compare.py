@@ -32,7 +32,7 @@ import polars as pl
 import typer
 
 from alol.core.errors import AlolError
-from alol.algorithms.losses import ALGORITHMS
+from alol.algorithms import ALGORITHMS
 from alol.core.params import load_params
 
 COMPONENT_PREFIX = "reward_"

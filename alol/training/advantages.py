@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
 from alol.training.plans import plan_frame, priority_plan, uniform_plan
-
-STRATEGIES = ("uniform", "good_priority", "all_priority", "reward_priority", "pairs")
 
 
 @dataclasses.dataclass

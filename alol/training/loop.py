@@ -26,13 +26,16 @@ import torch
 
 from alol.core.errors import AlolError
 from alol.models.logprobs import Example, collate, length_grouped
+from alol.training.validation import BestWeights, Validation, Validator
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class TrainConfig:
-    """Optimiser, schedule and batching of a training stage."""
+    """Optimiser, schedule and batching of a training stage. learning_rate, batch_size and
+    micro_batch_size have no class default: each section that trains sets its own (its dataclass's
+    default, which a params file changes key by key)."""
 
-    learning_rate: float = 2.0e-5
+    learning_rate: float
     """Peak AdamW learning rate."""
     lr_schedule: Literal["linear", "constant", "cosine"] = "linear"
     """Decay after warmup (the reference: linear for small models, constant for QLoRA)."""
@@ -44,9 +47,9 @@ class TrainConfig:
     """AdamW epsilon (the reference uses 1e-6 for QLoRA)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip (0: off)."""
-    batch_size: int = 16
+    batch_size: int
     """Rows per optimizer step, over all processes (the reference: 8 x accumulation 2)."""
-    micro_batch_size: int = 8
+    micro_batch_size: int
     """Rows per forward/backward; accumulation = batch_size / (micro_batch_size x processes)."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: never)."""
@@ -94,41 +97,6 @@ def make_accelerator(cfg: TrainConfig):
 
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
-Validator = Callable[[torch.nn.Module], float]
-
-
-class BestWeights:
-    """The trainable weights with the highest validation score so far (kept on the CPU)."""
-
-    def __init__(self):
-        self.score, self.step, self.state = -math.inf, None, None
-
-    def offer(self, model, score: float, step: int) -> bool:
-        if score <= self.score:
-            return False
-        self.score, self.step = score, step
-        self.state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-        return True
-
-    def restore(self, model) -> None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in self.state:
-                    param.copy_(self.state[name])
-
-    def save(self, folder: Path) -> dict:
-        if self.state is not None:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in self.state.items()}, str(folder / "best.safetensors"))
-        return {"best_score": self.score if self.state is not None else None, "best_step": self.step}
-
-    def load(self, folder: Path, saved: dict) -> None:
-        if saved.get("best_score") is not None:
-            from safetensors.torch import load_file
-
-            self.score, self.step = saved["best_score"], saved["best_step"]
-            self.state = load_file(str(folder / "best.safetensors"))
 
 
 def run_fingerprint(settings: dict, cfg: TrainConfig, plan: np.ndarray, rows: list[list[Example]],
@@ -187,9 +155,16 @@ class Checkpoint:
     def resumable(self) -> bool:
         return self.saved is not None
 
-    def save(self, accelerator, step: int, best: BestWeights | None) -> None:
+    @property
+    def history(self) -> list[dict]:
+        """The rows logged up to the saved step: a resumed run's summary covers the whole run (its DVCLive
+        folder is a non-persisted output that DVC deletes before a rerun)."""
+        return self.saved.get("history", []) if self.saved is not None else []
+
+    def save(self, accelerator, step: int, best: BestWeights | None, history: list[dict] | None = None) -> None:
         """Write the full training state to a temporary folder, then swap it in (a kill never leaves half).
-        Collective: every process writes its own RNG state; the main process writes the rest."""
+        Collective: every process writes its own RNG state; the main process writes the rest (with
+        `history`, the rows logged so far)."""
         folder = self.folder
         tmp = folder.with_name(folder.name + ".tmp")
         if accelerator.is_main_process:
@@ -197,7 +172,8 @@ class Checkpoint:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            meta = {"step": step, "fingerprint": self.fingerprint, **(best.save(tmp) if best is not None else {})}
+            meta = {"step": step, "fingerprint": self.fingerprint, **(best.save(tmp) if best is not None else {}),
+                    **({"history": history} if history is not None else {})}
             (tmp / "step.json").write_text(json.dumps(meta))
             old = folder.with_name(folder.name + ".old")
             if folder.exists():
@@ -222,7 +198,8 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
     """Run `plan` (steps x batch_size row indices). Each row is a list of sequences (1 for offline
     algorithms, 2+ for preference ones); `extras` holds per-row values the loss needs. With
     `validate` and `cfg.eval_every`, the best-scoring weights (the start's included) are kept.
-    `log` is called on the main process only. Returns the unwrapped model."""
+    `log` is called on the main process only; with a checkpoint, its `history` (a LiveLog's rows)
+    travels in the checkpoint and is restored on resume. Returns the unwrapped model."""
     steps, batch_size = plan.shape
     if batch_size != cfg.batch_size:
         raise AlolError(f"the plan has {batch_size} rows per step but batch_size is {cfg.batch_size}; "
@@ -231,29 +208,29 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    best = BestWeights() if validate is not None and cfg.eval_every else None
+    validation = Validation(validate, cfg.eval_every, steps, accelerator, log) if validate is not None \
+        and cfg.eval_every else None
+    main = log is not None and accelerator.is_main_process
+    history = getattr(log, "history", None) if main else None  # what a checkpoint keeps of the log
     start = 0
     if checkpoint is not None and checkpoint.resumable:
         accelerator.load_state(str(checkpoint.folder))
         start = checkpoint.saved["step"]
-        if best is not None:
-            best.load(checkpoint.folder, checkpoint.saved)
+        if validation is not None:
+            validation.best.load(checkpoint.folder, checkpoint.saved)
+        if history is not None:
+            history[:0] = checkpoint.history  # the steps before the kill, ahead of those to come
         accelerator.print(f"resumed from {checkpoint.folder} at step {start}")
     lengths = [sum(e.length for e in row) for row in rows]
     per_process = cfg.batch_size // accelerator.num_processes
     rank = accelerator.process_index
-    main = log is not None and accelerator.is_main_process
 
-    def validation(step: int) -> None:  # collective: the prompts are shared out, every process gets the score
-        score = validate(accelerator.unwrap_model(model))
+    def validate_now(step: int) -> None:
+        validation(step, accelerator.unwrap_model(model), accelerator.unwrap_model(model))
         model.train()
-        kept = best.offer(accelerator.unwrap_model(model), score, step)
-        if main:
-            log(step, {"validation/reward": score, "validation/best": best.score})
-            accelerator.print(f"validation at step {step}: {score:.4f}" + (" (best so far)" if kept else ""))
 
-    if best is not None and start == 0:  # the starting point competes too
-        validation(0)
+    if validation is not None and start == 0:  # the starting point competes too
+        validate_now(0)
     model.train()
     for step in range(start, steps):
         tic = time.perf_counter()
@@ -284,27 +261,12 @@ def train(model, rows: list[list[Example]], extras: dict[str, list], plan: np.nd
             log(step + 1, {**dict(zip(names, means.tolist())), "grad_norm": float(grad_norm),
                            "learning_rate": scheduler.get_last_lr()[0], "tokens_per_second": tokens / seconds,
                            "step_seconds": seconds})
-        if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
-            validation(step + 1)
+        if validation is not None and validation.due(step + 1):
+            validate_now(step + 1)
         if checkpoint is not None and checkpoint.folder is not None and cfg.checkpoint_every \
                 and (step + 1) % cfg.checkpoint_every == 0:
-            checkpoint.save(accelerator, step + 1, best)
+            checkpoint.save(accelerator, step + 1, validation.best if validation is not None else None, history)
     accelerator.wait_for_everyone()
-    if best is not None and best.state is not None and best.step != steps:
-        best.restore(accelerator.unwrap_model(model))
-        accelerator.print(f"kept the weights of step {best.step} (validation reward {best.score:.4f})")
+    if validation is not None:
+        validation.finish(accelerator.unwrap_model(model))
     return accelerator.unwrap_model(model)
-
-
-def summarize(history: list[dict]) -> dict:
-    """Run-level metrics from the per-step log: steps, first/final loss, tokens/s, seconds."""
-    validations = [h for h in history if "validation/reward" in h]
-    history = [h for h in history if "loss" in h]
-    if not history:
-        return {"steps": 0}
-    seconds = sum(h["step_seconds"] for h in history)
-    tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in history)
-    return {"steps": history[-1]["step"], "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
-            "tokens_per_second": tokens / seconds, "train_seconds": seconds,
-            **({"best_validation_step": max(validations, key=lambda h: h["validation/reward"])["step"],
-                "best_validation_reward": max(h["validation/reward"] for h in validations)} if validations else {})}

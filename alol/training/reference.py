@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from alol.models.load import ModelConfig, load_policy, load_tokenizer, policy_paths
+from alol.models.load import ModelConfig, load_policy, policy_paths
 from alol.models.logprobs import encode
 from alol.training.loop import TrainConfig
 
