@@ -242,3 +242,25 @@ def test_artifact_descriptions_are_the_tasks_own():
     assert params["train_reference"]["source"] in hh["artifacts"]["reference"]["desc"]
     for name in hh["artifacts"]:
         assert hh["artifacts"][name]["desc"] != root["artifacts"][name]["desc"], name
+
+
+def test_pipeline_tests_copy_new_top_level_files(tmp_path, monkeypatch):
+    """The pipeline tests run `dvc repro` in tests/conftest.py's copy of the project: a new top-level file or
+    folder is copied before it is committed; outputs git ignores (data/) are not."""
+    import subprocess
+
+    import conftest
+
+    repo, dest = tmp_path / "repo", tmp_path / "copy"
+    files = {"stages/a.py": "", "alol/c.py": "", "tests/t.py": "", ".gitignore": "/data/\n", "newtool/b.py": "",
+             "data/big.bin": "x"}
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "stages", "alol", "tests", ".gitignore"], cwd=repo, check=True)
+    monkeypatch.setattr(conftest, "REPO", repo)
+    dest.mkdir()
+    conftest.tracked_copy(dest)
+    assert (dest / "stages" / "a.py").exists() and (dest / "newtool" / "b.py").exists()
+    assert not (dest / "data").exists()
