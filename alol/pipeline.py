@@ -1,7 +1,7 @@
 """The stage graph, defined once: every dvc.yaml (the root's and each pipelines/<name>/'s) is rendered from it.
 
-    python -m alol.pipeline render    # write every dvc.yaml
-    python -m alol.pipeline check     # exit 1 if a committed dvc.yaml differs from its rendering
+    python -m alol.pipeline render    # write every dvc.yaml (and each task pipeline's .dvc/ project files)
+    python -m alol.pipeline check     # exit 1 if a committed file differs from its rendering
 
 A stage's deps are computed, never typed: the code it runs (the import closure of its script, read with
 `ast`), the outputs of earlier stages it reads (`inputs`), and the assets its task and its reward read
@@ -53,10 +53,6 @@ class Stage:
     """Packages depended on whole although the imports may reach only part: finetune picks its algorithm
     family by `algorithm:`, and `dvc exp run -S algorithm=...` switches it without a re-render."""
     comment: str | None = None
-
-    @property
-    def command(self) -> str:
-        return f"python stages/{self.script} {self.args}"
 
 
 STAGES = (
@@ -199,7 +195,8 @@ TEXTS = {
 _TASK_ASSETS = {
     "chitchat": {"clean": ("data/assets/chitchat", "data/assets/policy"), "train_reference": ("data/assets/policy",)},
     "hh": {"clean": ("data/assets/hh",)},  # the reference is the hub's SFT adapter, not an NLL run on assets/policy
-    "reddit": {"clean": ("data/assets/reddit", "data/assets/policy")},  # (train_reference does read assets/policy)
+    # as the hand-kept file had it: train_reference trains from data/assets/policy, yet has no dep on it (a gap)
+    "reddit": {"clean": ("data/assets/reddit", "data/assets/policy")},
     "wow": {"clean": ("data/assets/wow", "data/assets/policy"), "train_reference": ("data/assets/policy",)},
     "comet": {"clean": ("data/assets/comet",), "train_reference": ("data/assets/policy",)},
 }
@@ -413,7 +410,7 @@ def rendered(folder: Path, repo: Path = REPO) -> str:
 # A task pipeline is a DVC project of its own (`dvc init --subdir`), so the root's `dvc metrics show`,
 # `dvc exp show` and `dvc exp run` see the root's pipeline alone, and a task's folder its own. They share
 # the root's cache: outputs of runs made before the split stay reachable, and equal files (assets,
-# models) are stored once. (`dvc gc` in one project does not see the others' locks: see the README.)
+# models) are stored once. (`dvc gc` in one project does not see the others' locks: name them with -p.)
 PROJECT_FILES = {
     ".dvc/config": "[cache]\n    dir = ../../../.dvc/cache\n",
     ".dvc/.gitignore": "/config.local\n/tmp\n/cache\n",

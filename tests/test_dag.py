@@ -264,3 +264,10 @@ def test_pipeline_tests_copy_new_top_level_files(tmp_path, monkeypatch):
     conftest.tracked_copy(dest)
     assert (dest / "stages" / "a.py").exists() and (dest / "newtool" / "b.py").exists()
     assert not (dest / "data").exists()
+
+
+def test_unknown_task_names_the_known_ones():
+    from alol.core.errors import AlolError
+
+    with pytest.raises(AlolError, match="task: 'nope'.*chitchat, hh, reddit, wow, comet"):
+        pipeline.task_asset_deps("nope", {})
