@@ -81,15 +81,15 @@ TINY_PARAMS = {  # the real default pipeline, sized to run in CI in a few minute
 
 
 def tracked_copy(dest: Path) -> Path:
-    """Copy the repository's tracked files (the working-tree versions) into `dest`, as a git repo."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    """Copy the repository's files (the working-tree versions) into `dest`, as a git repo: the tracked ones
+    and the new ones git does not ignore, so a top-level file or folder a stage needs is there before it is
+    committed (data/, models/ and the other outputs are ignored, so never copied)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True)
     for name in filter(None, files.stdout.split("\0")):
-        if (REPO / name).exists():
+        if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    for name in ("stages", "alol", "tests"):  # new, not-yet-tracked files too
-        shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for lock in ("dvc.lock",):
         (dest / lock).unlink(missing_ok=True)
     shutil.rmtree(dest / "results", ignore_errors=True)

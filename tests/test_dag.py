@@ -1,20 +1,25 @@
-"""dvc.yaml and pipelines/*/dvc.yaml: every stage's deps cover the code it runs, and the HH
-pipeline's copies of the root's stages agree with them except where the task differs."""
+"""The stage graph (alol/pipeline.py): the committed dvc.yaml files are its rendering, and every rendered
+stage's deps cover the code it runs (an import closure computed here, apart from the renderer's)."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from alol import pipeline
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))]
+TASK_PIPELINES = PIPELINES[1:]
 
 
-def imported_modules(path: Path) -> set[str]:
+@functools.cache
+def imported_modules(path: Path) -> frozenset[str]:
     """alol.* modules `path` imports, at the top or inside functions (`from alol import x` too).
     Not followed: alol.core.params' registry imports each section's module by name to check a params
     file, which can fail a stage but never change what it writes."""
@@ -25,7 +30,7 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "alol":
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}  # a submodule, if it is one
-    return found
+    return frozenset(found)
 
 
 def module_file(module: str) -> Path | None:
@@ -61,44 +66,64 @@ def closure(script: Path) -> set[Path]:
     return {p for p in seen if runs_code(p)}
 
 
-def stages(pipeline: Path) -> dict[str, dict]:
-    return yaml.safe_load(pipeline.read_text())["stages"]
+def stages(path: Path) -> dict[str, dict]:
+    return yaml.safe_load(path.read_text())["stages"]
 
 
-def stage_script(pipeline: Path, stage: dict) -> Path:
+def stage_script(path: Path, stage: dict) -> Path:
     match = re.search(r"python\s+(\S*stages/\w+\.py)", stage["cmd"])
     assert match, stage["cmd"]
-    return (pipeline.parent / match.group(1)).resolve()
+    return (path.parent / match.group(1)).resolve()
 
 
 def covered(path: Path, deps: list[Path]) -> bool:
     return any(path == d or d in path.parents for d in deps)
 
 
-def dep_paths(pipeline: Path, stage: dict) -> list[Path]:
-    return [(pipeline.parent / d).resolve() for d in stage.get("deps", [])]
+def dep_paths(path: Path, stage: dict) -> list[Path]:
+    return [(path.parent / d).resolve() for d in stage.get("deps", [])]
 
 
-def scores_with_the_reward(runs: set[Path]) -> bool:
-    """The stage builds the task's reward (alol.rewards.annotate.load_reward), so it reads the reward's assets."""
-    return any("load_reward(" in p.read_text() for p in runs if p != REPO / "alol" / "annotate.py")
+@functools.cache
+def calls_load_reward(path: Path) -> bool:
+    """`path` builds the task's reward: it calls alol.rewards.annotate.load_reward (defining it is not calling it)."""
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == "load_reward"
+               for n in ast.walk(ast.parse(path.read_text())))
 
 
-@pytest.mark.parametrize("pipeline", PIPELINES, ids=lambda p: str(p.relative_to(REPO)))
-def test_deps_cover_the_code_each_stage_runs(pipeline):
-    all_stages = stages(pipeline)
+def rel(path: Path, pipeline_file: Path) -> str:
+    """A dep as the root pipeline writes it: ../../alol/x.py -> alol/x.py."""
+    return (pipeline_file.parent / path).resolve().relative_to(REPO).as_posix() if str(path).startswith("..") else str(path)
+
+
+def test_committed_files_are_the_rendering():
+    """Every dvc.yaml and each task pipeline's DVC project files are what `python -m alol.pipeline render`
+    writes: a change to the graph, a stage's imports or a params.yaml's task / reward needs a re-render."""
+    stale = [str(p.relative_to(REPO)) for p, text in pipeline.expected_files().items()
+             if not p.exists() or p.read_text() != text]
+    assert stale == [], "run `python -m alol.pipeline render` and commit the files"
+    assert {p.parent for p in PIPELINES} == set(pipeline.pipeline_folders())  # no dvc.yaml is hand-kept
+    assert pipeline.main(["check"]) == 0
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(REPO)))
+def test_deps_cover_the_code_each_stage_runs(path):
+    all_stages = stages(path)
     # the reward's assets: what annotate (the stage that defines the reward) reads from data/assets
     reward_assets = [d for d in all_stages["annotate"]["deps"] if "data/assets/" in d]
-    missing = {}
+    missing, scoring = {}, set()
     for name, stage in all_stages.items():
-        deps = dep_paths(pipeline, stage)
-        runs = closure(stage_script(pipeline, stage))
+        deps = dep_paths(path, stage)
+        runs = closure(stage_script(path, stage))
         lacking = sorted(str(p.relative_to(REPO)) for p in runs if not covered(p, deps))
-        if scores_with_the_reward(runs):
+        if any(calls_load_reward(p) for p in runs):
+            scoring.add(name)
             lacking += [d for d in reward_assets if d not in stage["deps"]]
         if lacking:
             missing[name] = lacking
-    assert missing == {}, f"{pipeline.relative_to(REPO)}: deps miss code (or reward assets) the stage runs"
+    assert missing == {}, f"{path.relative_to(REPO)}: deps miss code (or reward assets) the stage runs"
+    # the stages the renderer gives the reward's assets are the ones whose code builds the reward
+    assert scoring == {s.name for s in pipeline.STAGES if s.scores}
 
 
 def test_closure_follows_imports_inside_functions():
@@ -108,76 +133,105 @@ def test_closure_follows_imports_inside_functions():
     assert {"alol/algorithms/finetune.py", "alol/rewards/annotate.py", "alol/rewards/__init__.py", "alol/rewards/components.py",
             "alol/algorithms/losses.py"} <= runs
     assert "alol/__init__.py" not in runs  # a version string runs nothing
+    assert {p.relative_to(REPO).as_posix() for p in pipeline.code_closure(REPO / "stages" / "finetune.py")} == runs
 
 
-def without_prefix(path: str, pipeline: Path) -> str:
-    """A dep as the root pipeline writes it: ../../alol/x.py -> alol/x.py."""
-    return str((pipeline.parent / path).resolve().relative_to(REPO)) if path.startswith("..") else path
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(REPO)))
+def test_finetune_and_evaluate_cover_every_algorithm_and_reward_type(path):
+    """`dvc exp run -S algorithm=...` or another reward type switches the code without a re-render: finetune
+    depends on every file of alol/algorithms and alol/rewards, every scoring stage on every file of alol/rewards."""
+    every = {folder: {f for f in pipeline.package_files(folder) if f.endswith(".py")}
+             for folder in ("alol/algorithms", "alol/rewards")}
+    all_stages = stages(path)
+    for name, folders in {"finetune": ("alol/algorithms", "alol/rewards"), "evaluate": ("alol/rewards",),
+                          "evaluate_reference": ("alol/rewards",), "annotate": ("alol/rewards",)}.items():
+        deps = {rel(d, path) for d in all_stages[name]["deps"]}
+        for folder in folders:
+            assert every[folder] <= deps, (name, sorted(every[folder] - deps))
+    # the online families' inputs too: the train prompts and the fitted reward
+    assert {"data/annotated/train.parquet", "data/annotated/reward_state.json"} <= set(all_stages["finetune"]["deps"])
 
 
-def is_code(path: str) -> bool:
-    return path.startswith(("alol/", "stages/"))
+def test_code_deps_are_files_so_bytecode_never_changes_them():
+    """In a `dvc init --subdir` pipeline ../../alol lies outside the DVC project, where no .dvcignore applies:
+    a folder dep would change whenever Python writes __pycache__ into it."""
+    for path in PIPELINES:
+        for name, stage in stages(path).items():
+            code = [rel(d, path) for d in stage["deps"] if rel(d, path).startswith(("alol", "stages"))]
+            assert all((REPO / d).is_file() for d in code), (path, name)
 
 
-# Where a task pipeline's stage may differ from the root's, and why. Anything else must agree.
-ALLOWED = {
-    "hh": {
-        # data and asset deps are the task's own (PRO's files, reward models from the hub)
-        "data_deps": {"download", "clean", "annotate", "train_reference", "estimate_value", "advantages", "sample",
-                      "plan", "finetune", "evaluate_reference", "evaluate"},
-        "code_deps": {},  # the same stage scripts run the same code
-        # clean: HH's reader (alol/tasks/hh.py) reads no `base` setting; chit-chat's drops rows over
-        # base's token limits and splits with base.seed
-        "params": {"clean": {"base"}},
-    },
-    "reddit": {
-        # data and asset deps are the task's own (the Kaggle CSVs, reward models from the hub or a folder);
-        # annotate also reads the pos + neg train replies that the tf-idf diversity is fit on
-        "data_deps": {"download", "clean", "annotate", "train_reference", "estimate_value", "advantages", "sample",
-                      "plan", "finetune", "evaluate_reference", "evaluate"},
-        "code_deps": {},
-        # clean: the Reddit reader reads no `base` setting (its limits are the authors', in `clean:`)
-        "params": {"clean": {"base"}},
-        # clean also writes train_replies.parquet (both sides' train replies: the authors fit tf-idf on them)
-        "outs": {"clean": {"data/clean/train_replies.parquet"}},
-    },
-}
-# the noisy task: the root's stages, clean also reading the Kaggle insult comments
-ALLOWED["noisy"] = {"data_deps": {"clean"}, "code_deps": {}, "params": {}}
-# WoW / FaithDial and COMET: the reward models are hub ids / folders used in place (no reward assets
-# from data/assets, unlike the root's toxicity and MiniLM), and clean reads the task's own data.
-_REWARD_STAGES = {"clean", "annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate"}
-for _task in ("wow", "faithdial", "faithdial_wow", "comet"):
-    ALLOWED[_task] = {"data_deps": _REWARD_STAGES, "code_deps": {}, "params": {}}
+@pytest.mark.parametrize("path", TASK_PIPELINES, ids=lambda p: p.parent.name)
+def test_task_pipeline_runs_the_roots_stages(path):
+    """A task pipeline's stages are the root's (commands with ../../, outs, params, metrics, plots); only the
+    task's assets and its clean stage (params, extra tables) differ."""
+    root, task = yaml.safe_load((REPO / "dvc.yaml").read_text()), yaml.safe_load(path.read_text())
+    assert (task["metrics"], task["plots"]) == (root["metrics"], root["plots"])
+    assert list(task["stages"]) == list(root["stages"])
+    for name, stage in task["stages"].items():
+        assert stage["cmd"] == root["stages"][name]["cmd"].replace("python stages/", "python ../../stages/")
+        if name != "clean":
+            assert (stage["outs"], stage["params"]) == (root["stages"][name]["outs"], root["stages"][name]["params"])
+        code = {rel(d, path) for d in stage["deps"] if rel(d, path).startswith(("alol", "stages"))}
+        assert code == {d for d in root["stages"][name]["deps"] if d.startswith(("alol", "stages"))}, name
 
 
-@pytest.mark.parametrize("pipeline", PIPELINES[1:], ids=lambda p: p.parent.name)
-def test_task_pipeline_stages_agree_with_the_root(pipeline):
-    root, task = stages(REPO / "dvc.yaml"), stages(pipeline)
-    allowed = ALLOWED[pipeline.parent.name]
-    problems = []
-    for name, stage in task.items():
-        if name not in root:
-            continue
-        mine = stage["cmd"].replace("../../stages/", "stages/").split()
-        if mine != root[name]["cmd"].split():
-            problems.append(f"{name}: cmd {stage['cmd']!r} != root {root[name]['cmd']!r}")
-        deps = {without_prefix(d, pipeline) for d in stage["deps"]}
-        root_deps = set(root[name]["deps"])
-        code_diff = {d for d in deps ^ root_deps if is_code(d)} - allowed["code_deps"].get(name, set())
-        if code_diff:
-            problems.append(f"{name}: code deps differ: {sorted(code_diff)}")
-        data_diff = {d for d in deps ^ root_deps if not is_code(d)}
-        if data_diff and name not in allowed["data_deps"]:
-            problems.append(f"{name}: data deps differ: {sorted(data_diff)}")
-        params = {str(p) for p in stage.get("params", [])} ^ {str(p) for p in root[name].get("params", [])}
-        if params - allowed["params"].get(name, set()):
-            problems.append(f"{name}: params differ: {sorted(params)}")
-        extra = allowed.get("outs", {}).get(name, set())
-        outs = [o for o in stage.get("outs", []) if not (isinstance(o, str) and o in extra)]
-        if (outs, stage.get("metrics")) != (root[name].get("outs"), root[name].get("metrics")):
-            problems.append(f"{name}: outs or metrics differ")
-    assert problems == []
+def asset_deps(path: Path) -> dict[str, list[str]]:
+    return {name: [d for d in s["deps"] if d.startswith("data/assets")] for name, s in stages(path).items()
+            if any(d.startswith("data/assets") for d in s["deps"])}
+
+
+def test_asset_deps_per_task():
+    """Worked out by hand from what each task's reader and each reward type read (the old hand-kept table)."""
+    chitchat_reward = ["data/assets/toxicity", "data/assets/minilm"]  # safety (Jigsaw BiLSTM), relevance (MiniLM)
+    scoring = ("annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate")
+    root = {"clean": ["data/assets/chitchat", "data/assets/policy"], "train_reference": ["data/assets/policy"],
+            **{name: chitchat_reward for name in scoring}}
+    assert asset_deps(REPO / "dvc.yaml") == root
+    # noisy: the root's, and clean mixes in the Kaggle insults that download.insults fetches
+    assert asset_deps(REPO / "pipelines" / "noisy" / "dvc.yaml") == {
+        **root, "clean": ["data/assets/chitchat", "data/assets/policy", "data/assets/insults"]}
+    # the other tasks' rewards are hub ids / folders used in place: no reward assets
+    assert asset_deps(REPO / "pipelines" / "hh" / "dvc.yaml") == {"clean": ["data/assets/hh"]}
+    assert asset_deps(REPO / "pipelines" / "reddit" / "dvc.yaml") == {"clean": ["data/assets/reddit", "data/assets/policy"]}
+    assert asset_deps(REPO / "pipelines" / "comet" / "dvc.yaml") == {"clean": ["data/assets/comet"],
+                                                                     "train_reference": ["data/assets/policy"]}
+    for name in ("wow", "faithdial", "faithdial_wow"):
+        assert asset_deps(REPO / "pipelines" / name / "dvc.yaml") == {
+            "clean": ["data/assets/wow", "data/assets/policy"], "train_reference": ["data/assets/policy"]}, name
+
+
+def test_clean_stage_per_task():
+    """hh's and reddit's readers read no `base:`; reddit's also writes both sides' train replies, which the
+    tf-idf diversity (rewards.tfidf.fit_on) is fit on in annotate."""
+    for name in ("hh", "reddit"):
+        assert stages(REPO / "pipelines" / name / "dvc.yaml")["clean"]["params"] == ["clean", "task"]
+    assert stages(REPO / "dvc.yaml")["clean"]["params"] == ["base", "clean", "task"]
+    reddit = stages(REPO / "pipelines" / "reddit" / "dvc.yaml")
+    assert "data/clean/train_replies.parquet" in reddit["clean"]["outs"]
+    assert "data/clean/train_replies.parquet" in reddit["annotate"]["deps"]
+    assert "data/clean/train_replies.parquet" not in stages(REPO / "dvc.yaml")["annotate"]["deps"]
+
+
+def test_reward_asset_deps_follow_the_types():
+    assert pipeline.reward_asset_deps({"rewards": {"safety": {}, "positivity": {}, "relevance": {"weight": 2}}}) == [
+        "data/assets/toxicity", "data/assets/minilm"]
+    assert pipeline.reward_asset_deps({"rewards": {"tox": {"type": "safety"}, "also": {"type": "safety"}}}) == [
+        "data/assets/toxicity"]
+    assert pipeline.reward_asset_deps({"rewards": {"oasst": {"type": "reward_model", "model": "x"}}}) == []
+    assert pipeline.reward_fit_deps({"rewards": {"diversity": {}, "d": {"type": "diversity", "fit_on": "a.parquet"}}}) == [
+        "a.parquet"]
+
+
+def test_task_pipelines_are_dvc_projects_of_their_own():
+    """`dvc init --subdir` projects sharing the root's cache: the root's `dvc metrics show` / `exp show` list
+    the root's pipeline alone."""
+    for path in TASK_PIPELINES:
+        cache = re.search(r"^\[cache\]\n\s+dir = (\S+)$", (path.parent / ".dvc" / "config").read_text(), re.M)
+        # DVC reads a relative cache dir from the folder of the config file
+        assert cache and (path.parent / ".dvc" / cache.group(1)).resolve() == REPO / ".dvc" / "cache", path
+    ignored = (REPO / ".dvcignore").read_text().splitlines()
+    assert "__pycache__/" in ignored and not any(line.startswith("Add patterns") for line in ignored)
 
 
 def test_artifact_descriptions_are_the_tasks_own():
@@ -188,3 +242,32 @@ def test_artifact_descriptions_are_the_tasks_own():
     assert params["train_reference"]["source"] in hh["artifacts"]["reference"]["desc"]
     for name in hh["artifacts"]:
         assert hh["artifacts"][name]["desc"] != root["artifacts"][name]["desc"], name
+
+
+def test_pipeline_tests_copy_new_top_level_files(tmp_path, monkeypatch):
+    """The pipeline tests run `dvc repro` in tests/conftest.py's copy of the project: a new top-level file or
+    folder is copied before it is committed; outputs git ignores (data/) are not."""
+    import subprocess
+
+    import conftest
+
+    repo, dest = tmp_path / "repo", tmp_path / "copy"
+    files = {"stages/a.py": "", "alol/c.py": "", "tests/t.py": "", ".gitignore": "/data/\n", "newtool/b.py": "",
+             "data/big.bin": "x"}
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "stages", "alol", "tests", ".gitignore"], cwd=repo, check=True)
+    monkeypatch.setattr(conftest, "REPO", repo)
+    dest.mkdir()
+    conftest.tracked_copy(dest)
+    assert (dest / "stages" / "a.py").exists() and (dest / "newtool" / "b.py").exists()
+    assert not (dest / "data").exists()
+
+
+def test_unknown_task_names_the_known_ones():
+    from alol.core.errors import AlolError
+
+    with pytest.raises(AlolError, match="task: 'nope'.*chitchat, hh, reddit, wow, comet"):
+        pipeline.task_asset_deps("nope", {})
