@@ -140,8 +140,8 @@ def read_hh_rlhf(root: Path, split: str) -> list[dict]:
 
 
 def load_hh(root: Path) -> dict[str, list[dict]]:
-    """The raw rows per split from a folder in PRO's layout, or in Anthropic's (train/test only;
-    validation then is empty and the caller samples it)."""
+    """The raw rows per split from a folder in PRO's layout, or in Anthropic's (train/test only:
+    validation is then empty, which the clean stage's table check refuses; nothing samples it yet)."""
     if (root / "hh_train_len2").is_dir():
         out = {}
         for split, files in PRO_FILES.items():
