@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from alol.tasks import TASKS
 from alol.training.advantages import candidate_rows, with_advantages
 from alol.core.stage import stage
 from alol.core.device import is_main_process
@@ -32,7 +33,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
 
     p = load_params(params)
     base = section(p, "base", BaseConfig)
-    frame = candidate_rows(read_parquet(annotated / "train.parquet", ["prompt", "completion", "reward"]))
+    frame = candidate_rows(read_parquet(annotated / "train.parquet", ["prompt", "completion", "reward"]),
+                           TASKS[p["task"]])
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
     examples = table_examples(frame, tokenizer, base.max_prompt_tokens, base.max_completion_tokens)

@@ -10,7 +10,7 @@ import typer
 from alol.rewards.annotate import STATE_FILE, annotate_splits, load_reward
 from alol.core.stage import stage
 from alol.core.device import is_main_process
-from alol.tasks.chitchat import SPLITS
+from alol.tasks import SPLITS, TASKS
 from alol.core.io import read_parquet, write_all
 from alol.core.params import load_params
 
@@ -21,10 +21,11 @@ def main(clean: Path = typer.Argument(..., help="Folder with the clean {train,va
          out: Path = typer.Argument(..., help="Folder for the annotated tables and the fitted reward state."),
          stats_path: Path = typer.Argument(..., help="JSON of each component's distribution per split."),
          params: Path = typer.Option(Path("params.yaml"), help="Params file (reads `rewards:`).")):
-    reward = load_reward(load_params(params), assets)
+    p = load_params(params)
+    reward = load_reward(p, assets)
     sources = {name: str(clean / f"{name}.parquet") for name in SPLITS}
     splits = {name: read_parquet(path, ["prompt_id", "prompt", "completion", "context"]) for name, path in sources.items()}
-    tables, state, stats = annotate_splits(splits, reward, sources)
+    tables, state, stats = annotate_splits(splits, reward, sources, TASKS[p["task"]])
     if not is_main_process():
         return
     # everything is computed first, then written together: a failure leaves no partial output

@@ -21,6 +21,7 @@ from alol.core.params import BaseConfig, load_params, section
 from alol.training.reference import load_frozen
 from alol.models.logprobs import forward_rows
 from alol.rewards import raw_reward
+from alol.tasks import TASKS
 from alol.models.logprobs import encode
 
 
@@ -38,7 +39,7 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         frame = frame[np.sort(np.random.default_rng(base.seed).choice(frame.height, cfg.rows, replace=False))]
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
-    if "candidates" in frame.columns:  # the data has its own second reply (HH): candidate 1, nothing generated
+    if TASKS[p["task"]].provides("candidates"):  # the data has its own second reply (HH): candidate 1, nothing generated
         generated = [c[1] for c in frame["candidates"].to_list()]
         generated_reward = np.array([r[1] for r in frame["candidate_rewards"].to_list()])
         generated_raw = np.array([r[1] for r in frame["candidate_raw_rewards"].to_list()])

@@ -103,10 +103,11 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     from alol.algorithms import ALGORITHMS, preference
     from alol.rewards.annotate import annotate_splits
     from alol.training.pairs import order_pairs
+    from alol.tasks import TASKS
     from alol.rewards import RewardComponentConfig, RewardFunction
 
     reward = RewardFunction({"oasst": RewardComponentConfig(type="reward_model", model="never-loaded")}, ".")
-    tables, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"})
+    tables, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"}, TASKS["hh"])
     train = tables["train"]
     assert train["candidate_rewards"].to_list()[0] == pytest.approx([0.880797, 0.268941], abs=1e-6)
     assert train["candidate_raw_rewards"].to_list() == [[2.0, -1.0]]

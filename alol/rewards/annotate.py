@@ -48,21 +48,22 @@ def distribution(values: np.ndarray) -> dict[str, float]:
             "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]), "max": float(np.max(values))}
 
 
-def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
-                    sources: dict[str, str]) -> tuple[dict[str, pl.DataFrame], dict, dict]:
-    """Fit the reward on train, score every split. Returns (tables, fitted state, stats)."""
+def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction, sources: dict[str, str],
+                    task) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """Fit the reward on train, score every split of `task` (its record: alol.tasks.TASKS). Returns
+    (tables, fitted state, stats)."""
     state = reward.fit(reward_inputs(splits["train"], "train"))
     out, stats = {}, {}
     for name, frame in splits.items():
         ids = frame["prompt_id"].to_list()
-        logits = _stored(frame, 0)
+        logits = _stored(frame, 0, task)
         scores = reward(reward_inputs(frame, name, logits), source=sources[name], row_ids=ids)
         out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
         stats[name] = {col: distribution(values) for col, values in scores.items()}
-        if "candidates" in frame.columns:  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
+        if task.provides("candidates"):  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
             n = frame["candidates"].list.len().min()
             per = [scores] + [
-                reward(reward_inputs(frame, name, _stored(frame, k), [c[k] for c in frame["candidates"].to_list()]),
+                reward(reward_inputs(frame, name, _stored(frame, k, task), [c[k] for c in frame["candidates"].to_list()]),
                        source=f"{sources[name]} (candidate {k})", row_ids=ids) for k in range(1, n)]
             out[name] = out[name].with_columns(
                 pl.Series("candidate_rewards", np.stack([s["reward"] for s in per], axis=1).tolist(),
@@ -72,7 +73,7 @@ def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction,
     return out, state, stats
 
 
-def _stored(frame: pl.DataFrame, k: int) -> list[float] | None:
-    if "candidate_logits" not in frame.columns:
+def _stored(frame: pl.DataFrame, k: int, task) -> list[float] | None:
+    if not task.provides("candidate_logits"):
         return None
     return [logits[k] for logits in frame["candidate_logits"].to_list()]

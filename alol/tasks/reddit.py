@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import re
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,8 @@ import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.fetch import DownloadConfig, fetch_policy, local_source, sha256_of
+from alol.tasks.base import Task
 
 FILES = {"pos": "comments_positive.csv", "neg": "comments_negative.csv"}
 # pandas.read_csv's default NA strings (pandas 2.x): such a field is NaN, so the authors' dropna drops it
@@ -163,3 +166,42 @@ def clean_reddit(raw: dict[str, list[dict]], tokenizer,
     replies = pl.DataFrame({"completion": [r["completion"] for side in cut for r in cut[side]["train"]]},
                            schema={"completion": pl.String})
     return splits, stats, replies
+
+
+def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The user's Kaggle CSVs (a folder or a zip; no offline copy exists) into `out/reddit`, and the policy
+    (a hub id or folder: the authors' microsoft/DialoGPT-medium) into `out/policy`; reward models are hub
+    ids / folders used in place."""
+    if not cfg.source:
+        raise AlolError("download.source is required for the reddit task: the folder or zip holding "
+                        f"{' and '.join(FILES.values())} (Kaggle: danofer/reddit-comments-scores-nlp).")
+    source = local_source(cfg.source, work)
+    manifest = {"reddit": {"source": cfg.source}}
+    for name in FILES.values():
+        found = sorted(source.rglob(name), key=lambda p: len(p.parts))
+        if not found:
+            raise AlolError(f"download.source={cfg.source}: has no {name} (the Kaggle set's two CSVs are needed).")
+        (out / "reddit").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found[0], out / "reddit" / name)
+        manifest["reddit"][name] = sha256_of(found[0])
+    return {**manifest, "policy": fetch_policy(cfg, out, work)}
+
+
+def build(assets: Path, cfg: RedditCleanConfig, base) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """The clean stage: the two CSVs as canonical tables, and `train_replies` (both sides' train replies,
+    which the tf-idf diversity reward is fit on)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "policy")
+    splits, stats, replies = clean_reddit(load_reddit(assets / "reddit"), tokenizer, cfg)
+    return splits, stats, {"train_replies": replies}
+
+
+TASK = Task(
+    name="reddit", config=RedditCleanConfig, fetch=fetch, build=build,
+    optional_columns={"split_name": pl.String, "score": pl.Float64, "parent_score": pl.Float64},
+    asset_deps=("policy", "reddit"),
+    extra_tables=("train_replies",),
+    reads_base=False,  # its limits are the authors', in `clean:`
+    disjoint_groups=False,  # the authors split each file by position, so one parent comment may be in two
+)

@@ -38,9 +38,10 @@ import numpy as np
 import polars as pl
 
 from alol.core.errors import AlolError
+from alol.core.fetch import DownloadConfig, copy_source
+from alol.tasks.base import SPLITS, Task
 
 NO_PASSAGE = "no_passages_used"
-SPLITS = ("train", "validation", "test")
 # where each split of each dataset comes from: (source, file stem)
 SOURCES = {
     "wow": {"train": [("wow", "train")], "validation": [("wow", "valid_topic_split")],
@@ -197,3 +198,26 @@ def build_wow_splits(raw: dict[str, list[dict]], tokenizer, cfg: WowCleanConfig,
         stats["sources"][split] = dict(Counter(r["source"] for r in out))
         stats["history_turns_dropped"][split], stats["prompt_over_limit"][split] = dropped, over
     return frames, stats
+
+
+def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
+    """The user's WoW / FaithDial files (download.source) into `out/wow`, the policy into `out/policy`;
+    reward models are used in place."""
+    return copy_source("wow", cfg, out, work, "a folder holding wizard_of_wikipedia/ and/or faithdial/.")
+
+
+def build(assets: Path, cfg: WowCleanConfig, base) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """The clean stage: clean.dataset's splits as canonical tables, prompts fit to the policy's tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "policy")  # the prompts fit the policy's tokens
+    splits, stats = build_wow_splits(load_examples(assets / "wow", cfg.dataset), tokenizer, cfg, base.seed)
+    return splits, stats, {}
+
+
+TASK = Task(
+    name="wow", config=WowCleanConfig, fetch=fetch, build=build,
+    optional_columns={"turns": pl.List(pl.String), "knowledge": pl.String, "source": pl.String},
+    asset_deps=("policy", "wow"),
+    disjoint_groups=False,  # the datasets' own splits (WoW's, FaithDial's files), kept as published
+)

@@ -22,10 +22,10 @@ class PlanConfig:
     """Added to base.seed for the draw (to get another plan with the same data)."""
 
 
-def candidate_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """Data with several candidates per prompt (HH): one row per (prompt, candidate), `candidate`
-    0 being the preferred one that good_priority trains on; all_priority may use any."""
-    if "candidates" not in frame.columns:
+def candidate_rows(frame: pl.DataFrame, task) -> pl.DataFrame:
+    """Data with several candidates per prompt (a task providing `candidates`, HH): one row per (prompt,
+    candidate), `candidate` 0 being the preferred one that good_priority trains on; all_priority may use any."""
+    if not task.provides("candidates"):
         return frame
     if "candidate_rewards" not in frame.columns or "candidate_raw_rewards" not in frame.columns:
         raise AlolError("train rows have `candidates` but no `candidate_rewards` / `candidate_raw_rewards`; "

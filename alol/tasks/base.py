@@ -1,0 +1,124 @@
+"""The Task record and the check every canonical table passes after its task's reader.
+
+A canonical table is one split of a task: one row per (prompt, reply) with the REQUIRED columns,
+plus the optional columns the task declares (its record's `optional_columns`, with their dtypes).
+Later stages ask the record which optional columns a task provides (`Task.provides`) instead of
+testing a table's column names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from alol.core.errors import AlolError
+
+SPLITS = ("train", "validation", "test")
+"""The canonical splits every task's build returns."""
+# Every task's tables have these, never null (the order is the one the readers write).
+REQUIRED = {"prompt_id": pl.String, "group_id": pl.String, "prompt": pl.String, "completion": pl.String,
+            "context": pl.String}
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+"""A chat (chitchat's `messages`): what the chat template renders into the prompt."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One `task:` value: where its data comes from and how it becomes the canonical tables."""
+
+    name: str
+    """The `task:` value in params.yaml."""
+    config: type
+    """The dataclass of its `clean:` section."""
+    fetch: Callable[..., dict]
+    """fetch(cfg: DownloadConfig, out: Path, work: Path) -> manifest: the download stage. Writes the
+    task's assets under `out` (an existing, empty folder), `work` is scratch space."""
+    build: Callable[..., tuple[dict[str, pl.DataFrame], dict, dict[str, pl.DataFrame]]]
+    """build(assets: Path, cfg: <config>, base: BaseConfig) -> (splits, stats, extra_tables): the clean
+    stage. `splits` maps train / validation / test to canonical tables, `stats` is
+    results/clean/stats.json, `extra_tables` are written next to the splits as <name>.parquet."""
+    optional_columns: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The columns its tables carry besides REQUIRED, name -> polars dtype. A column not declared here
+    (or of another dtype) fails the clean stage."""
+    asset_deps: tuple[str, ...] = ()
+    """The folders under data/assets its clean stage reads (the stage's DVC deps)."""
+    config_asset_deps: Callable[[Any], tuple[str, ...]] | None = None
+    """More asset folders read only with some clean settings: f(clean config) -> folder names."""
+    sometimes: tuple[str, ...] = ()
+    """Optional columns present only with some clean settings or in some splits (chitchat's `noise`:
+    the train split with clean.noise on); every other declared column is in every split."""
+    extra_tables: tuple[str, ...] = ()
+    """The names of the extra tables its build returns (data/clean/<name>.parquet, DVC outs of clean)."""
+    reads_base: bool = True
+    """Whether its build reads `base:` (seed, token limits): a DVC param of its clean stage. hh and reddit
+    read no base setting, so a new base.seed does not rerun their clean."""
+    disjoint_groups: bool = True
+    """The task splits by group_id, so a group in two splits is a bug the check reports. False for tasks
+    that keep their dataset's published splits, which are not made by group (the paper's setup)."""
+
+    def provides(self, column: str) -> bool:
+        """Whether this task's tables may carry optional `column` (e.g. hh's `candidates`)."""
+        return column in self.optional_columns
+
+    def assets(self, cfg: Any) -> tuple[str, ...]:
+        """The asset folders the clean stage reads with clean config `cfg`, sorted."""
+        more = self.config_asset_deps(cfg) if self.config_asset_deps else ()
+        return tuple(sorted({*self.asset_deps, *more}))
+
+    def tables(self, assets: Path, cfg: Any, base) -> tuple[dict[str, pl.DataFrame], dict, dict[str, pl.DataFrame]]:
+        """build(), then check_splits() on what it returned."""
+        splits, stats, extra = self.build(Path(assets), cfg, base)
+        check_splits(self, splits)
+        if set(splits) != set(SPLITS) or set(extra) != set(self.extra_tables):
+            raise AlolError(f"clean (task {self.name}): build() returned splits {sorted(splits)} and extra tables "
+                            f"{sorted(extra)}; expected {list(SPLITS)} and {list(self.extra_tables)} (the Task "
+                            f"record in alol/tasks/{self.name}.py).")
+        return splits, stats, extra
+
+
+def _fail(task: Task, split: str, message: str) -> AlolError:
+    return AlolError(f"clean (task {task.name}): the {split} table {message}")
+
+
+def check_table(task: Task, split: str, frame: pl.DataFrame) -> None:
+    """The canonical-table contract: the REQUIRED columns with their dtypes and no nulls, every other
+    column declared in the task's optional_columns with its dtype, at least one row."""
+    where = f"alol/tasks/{task.name}.py"
+    for column, dtype in REQUIRED.items():
+        if column not in frame.columns:
+            raise _fail(task, split, f"has no column {column!r}; every task's reader must write "
+                        f"{', '.join(REQUIRED)} (fix build() in {where}).")
+    if frame.height == 0:
+        raise _fail(task, split, "is empty; check download.source and the clean settings (max_rows, limits).")
+    declared = {**REQUIRED, **task.optional_columns}
+    for column, dtype in frame.schema.items():
+        if column not in declared:
+            raise _fail(task, split, f"has column {column!r}, which the task does not declare; add it to "
+                        f"optional_columns of the Task record in {where}.")
+        if dtype != declared[column]:
+            raise _fail(task, split, f"column {column!r} is {dtype}, expected {declared[column]} (the Task record "
+                        f"in {where}).")
+    for column in REQUIRED:
+        nulls = frame[column].null_count()
+        if nulls:
+            raise _fail(task, split, f"column {column!r} has {nulls} null value(s); the reader must fill it.")
+    missing = [c for c in task.optional_columns if c not in frame.columns and c not in task.sometimes]
+    if missing:
+        raise _fail(task, split, f"has no column(s) {missing}, which the task declares in {where}.")
+
+
+def check_splits(task: Task, splits: dict[str, pl.DataFrame]) -> None:
+    """check_table on every split; then, for a task that splits by group, no group_id in two splits."""
+    for split, frame in splits.items():
+        check_table(task, split, frame)
+    if not task.disjoint_groups:
+        return
+    seen: dict[str, str] = {}
+    for split, frame in splits.items():
+        for group in frame["group_id"].unique(maintain_order=True).to_list():
+            if seen.setdefault(group, split) != split:
+                raise _fail(task, split, f"column 'group_id' has group {group!r}, which the {seen[group]} split "
+                            "has too; a group (conversation) must stay in one split.")
