@@ -191,41 +191,41 @@ TEXTS = {
 
 # --- what the task and the reward read: the registries' answers ---------------------------------------
 
-# TODO(registry): the task records (alol.tasks.TASKS[name].asset_deps) replace this table.
-_TASK_ASSETS = {
-    "chitchat": {"clean": ("data/assets/chitchat", "data/assets/policy"), "train_reference": ("data/assets/policy",)},
-    "hh": {"clean": ("data/assets/hh",)},  # the reference is the hub's SFT adapter, not an NLL run on assets/policy
-    # as the hand-kept file had it: train_reference trains from data/assets/policy, yet has no dep on it (a gap)
-    "reddit": {"clean": ("data/assets/reddit", "data/assets/policy")},
-    "wow": {"clean": ("data/assets/wow", "data/assets/policy"), "train_reference": ("data/assets/policy",)},
-    "comet": {"clean": ("data/assets/comet",), "train_reference": ("data/assets/policy",)},
-}
-# TODO(registry): the task records (clean's config, the extra tables its reader writes) replace these.
-_TASK_CLEAN_PARAMS = {"hh": ("clean", "task"), "reddit": ("clean", "task")}  # their readers read no `base:`
-_TASK_CLEAN_OUTS = {"reddit": ("data/clean/train_replies.parquet",)}  # both sides' train replies (tf-idf's fit)
-# TODO(registry): the reward-type records' asset deps replace this table (types not listed read no data/assets:
-# hub ids and folders are used in place).
-_REWARD_ASSETS = {"safety": ("data/assets/toxicity",), "relevance": ("data/assets/minilm",)}
+def _task(task: str):
+    from alol.tasks import TASKS
+
+    if task not in TASKS:
+        raise AlolError(f"params.yaml: task: {task!r} is not a task; known tasks: {', '.join(TASKS)}.")
+    return TASKS[task]
 
 
 def task_asset_deps(task: str, params: dict) -> dict[str, list[str]]:
-    """Stage name -> the data/assets paths that stage reads for `task` (params: the pipeline's params.yaml)."""
-    if task not in _TASK_ASSETS:
-        raise AlolError(f"params.yaml: task: {task!r} has no asset deps; known tasks: {', '.join(_TASK_ASSETS)}.")
-    deps = {stage: list(paths) for stage, paths in _TASK_ASSETS[task].items()}
-    if (params.get("download") or {}).get("insults"):  # the Kaggle insults that clean.noise mixes in
-        deps["clean"] = [*deps.get("clean", []), "data/assets/insults"]
+    """Stage name -> the data/assets paths that stage reads for `task` (params: the pipeline's params.yaml):
+    clean reads what the task's record declares for its clean settings; train_reference trains from the
+    downloaded policy unless `train_reference.source` names a model or adapter used as is."""
+    from alol.core.params import from_dict
+
+    record = _task(task)
+    clean = from_dict(record.config, params.get("clean") or {}, "params.yaml: clean")
+    deps = {"clean": [f"data/assets/{name}" for name in record.assets(clean)]}
+    if (params.get("train_reference") or {}).get("source", "train") == "train":
+        deps["train_reference"] = ["data/assets/policy"]
     return deps
 
 
 def task_clean_params(task: str) -> tuple[str, ...]:
     """The params sections the clean stage reads for `task`."""
-    return _TASK_CLEAN_PARAMS.get(task, ("base", "clean", "task"))
+    return ("base", "clean", "task") if _task(task).reads_base else ("clean", "task")
 
 
 def task_clean_outs(task: str) -> tuple[str, ...]:
     """Tables the task's reader writes besides train / validation / test (cached, under data/clean)."""
-    return _TASK_CLEAN_OUTS.get(task, ())
+    return tuple(f"data/clean/{name}.parquet" for name in _task(task).extra_tables)
+
+
+# TODO(registry): the reward-type records' asset deps replace this table (types not listed read no data/assets:
+# hub ids and folders are used in place).
+_REWARD_ASSETS = {"safety": ("data/assets/toxicity",), "relevance": ("data/assets/minilm",)}
 
 
 def reward_asset_deps(params: dict) -> list[str]:
