@@ -45,8 +45,6 @@ class Stage:
     """Cached outputs."""
     uncached: tuple[str, ...] = ()
     """Outputs DVC does not cache (`cache: false`): metrics, curves, small JSON that git keeps."""
-    scores: bool = False
-    """Builds the task's reward (alol.rewards.annotate.load_reward), so it reads the reward's assets."""
     fits_reward: bool = False
     """Fits the reward on data (annotate: the tf-idf diversity), so it reads what the reward is fit on."""
     covers: tuple[str, ...] = ()
@@ -62,7 +60,7 @@ STAGES = (
           uncached=("results/clean/stats.json",)),
     Stage("annotate", "annotate.py", "data/clean data/assets data/annotated results/annotate/reward_stats.json",
           ("data/clean/train.parquet", "data/clean/validation.parquet", "data/clean/test.parquet"), ("rewards",),
-          outs=("data/annotated",), uncached=("results/annotate/reward_stats.json",), scores=True, fits_reward=True),
+          outs=("data/annotated",), uncached=("results/annotate/reward_stats.json",), fits_reward=True),
     Stage("train_reference", "train_reference.py",
           "data/annotated data/assets models/reference results/train_reference "
           "--checkpoint-dir data/checkpoints/train_reference",
@@ -74,15 +72,14 @@ STAGES = (
           ("base", "model", "rewards", "estimate_value"),
           outs=("models/value", "results/estimate_value/generations.parquet"),
           uncached=("results/estimate_value/fit_curve.json", "results/estimate_value/metrics.json",
-                    "results/estimate_value/details.json"), scores=True),
+                    "results/estimate_value/details.json")),
     Stage("advantages", "advantages.py", "data/annotated models/reference models/value data/advantages results/advantages",
           ("data/annotated/train.parquet", "models/reference", "models/value"), ("base", "model"),
           outs=("data/advantages",), uncached=("results/advantages/histogram.json", "results/advantages/metrics.json",
                                                "results/advantages/details.json")),
     Stage("sample", "sample.py", "data/annotated data/assets models/reference data/pairs.parquet results/sample.json",
           ("data/annotated/train.parquet", "data/annotated/reward_state.json", "models/reference"),
-          ("base", "model", "rewards", "sample"), outs=("data/pairs.parquet",), uncached=("results/sample.json",),
-          scores=True, comment="preference pairs for dpo / dpo_ref_free / pro: data reply vs a reference reply"),
+          ("base", "model", "rewards", "sample"), outs=("data/pairs.parquet",), uncached=("results/sample.json",), comment="preference pairs for dpo / dpo_ref_free / pro: data reply vs a reference reply"),
     Stage("plan", "plan.py", "data/advantages/train.parquet data/plans.parquet results/plan.json --pairs data/pairs.parquet",
           ("data/advantages/train.parquet", "data/pairs.parquet"), ("base.seed", "plan", "finetune.train.batch_size"),
           outs=("data/plans.parquet",), uncached=("results/plan.json",)),
@@ -95,14 +92,13 @@ STAGES = (
           ("data/advantages", "data/plans.parquet", "data/pairs.parquet", "data/annotated/train.parquet",
            "data/annotated/validation.parquet", "data/annotated/reward_state.json", "models/reference"),
           ("base", "model", "rewards", "algorithm", "finetune"), outs=("models/policy",),
-          uncached=("results/finetune/live", "results/finetune/summary.json"), scores=True,
+          uncached=("results/finetune/live", "results/finetune/summary.json"),
           covers=("alol/algorithms",)),
     Stage("evaluate_reference", "evaluate.py", "models/reference data/annotated data/assets results/evaluate_reference",
           ("data/annotated/test.parquet", "data/annotated/reward_state.json", "models/reference"),
           ("base", "model", "rewards", "evaluate"), outs=("results/evaluate_reference/generations.parquet",),
           uncached=tuple(f"results/evaluate_reference/{f}" for f in (
-              "metrics.json", "details.json", "reward_distribution.json", "reward_distribution.png")),
-          scores=True, comment="once per reference: every experiment compares with these replies"),
+              "metrics.json", "details.json", "reward_distribution.json", "reward_distribution.png")), comment="once per reference: every experiment compares with these replies"),
     Stage("evaluate", "evaluate.py",
           "models/policy data/annotated data/assets results/evaluate "
           "--reference models/reference --baseline results/evaluate_reference/generations.parquet",
@@ -110,8 +106,7 @@ STAGES = (
            "results/evaluate_reference/generations.parquet"),
           ("base", "model", "rewards", "evaluate"), outs=("results/evaluate/generations.parquet",),
           uncached=tuple(f"results/evaluate/{f}" for f in (
-              "metrics.json", "details.json", "reward_distribution.json", "reward_distribution.png")),
-          scores=True),
+              "metrics.json", "details.json", "reward_distribution.json", "reward_distribution.png"))),
 )
 
 METRICS = ("results/evaluate/metrics.json", "results/estimate_value/metrics.json", "results/advantages/metrics.json")
@@ -310,6 +305,20 @@ def code_deps(stage: Stage) -> tuple[str, ...]:
     return (script, *sorted(deps - {script}))
 
 
+def builds_reward(stage: Stage) -> bool:
+    """Whether the code the stage runs builds the task's reward (calls alol.rewards.annotate.load_reward),
+    so that it reads the reward's assets. Computed like the code deps: a stage whose closure can reach
+    load_reward gets the assets even where that call sits in a branch it does not take (train_reference
+    and plan reach the algorithm families), which costs nothing, since their data already depends on them."""
+    return any(_calls_load_reward(path) for path in code_closure(REPO / "stages" / stage.script))
+
+
+@functools.cache
+def _calls_load_reward(path: Path) -> bool:
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == "load_reward"
+               for n in ast.walk(ast.parse(path.read_text())))
+
+
 # --- rendering -----------------------------------------------------------------------------------------
 
 def stage_entry(stage: Stage, params: dict, prefix: str = "") -> dict:
@@ -320,7 +329,7 @@ def stage_entry(stage: Stage, params: dict, prefix: str = "") -> dict:
     if stage.fits_reward:
         deps += reward_fit_deps(params)
     deps += task_asset_deps(task, params).get(stage.name, [])
-    if stage.scores:
+    if builds_reward(stage):
         deps += reward_asset_deps(params)
     outs, params_used = list(stage.outs), list(stage.params)
     if stage.name == "clean":

@@ -21,6 +21,7 @@ from alol.core.errors import AlolError
 from alol.core.io import atomic_path, write_json
 from alol.core.params import BaseConfig, load_params, section
 from alol.core.stage import stage
+from alol.rewards.annotate import load_reward
 from alol.models.load import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
 
 
@@ -45,7 +46,8 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
         raise AlolError(f"the policy tokenizer ({reference}) differs from the one {advantages} was computed with; "
                         "rerun the advantages stage with this policy (dvc repro).")
     run = Run(p, ALGORITHMS[p["algorithm"]], strategy, base, cfg, section(p, "model", ModelConfig), tokenizer,
-              reference, advantages, plans, results, pairs, annotated, assets, checkpoint_dir)
+              reference, advantages, plans, results, pairs, annotated, assets, checkpoint_dir,
+              reward_loader=(lambda: load_reward(p, assets, annotated)) if annotated and assets else None)
     model, summary = run.algorithm.family.train(run)
     if is_main_process():
         with atomic_path(out) as tmp:

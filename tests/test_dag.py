@@ -123,15 +123,15 @@ def test_deps_cover_the_code_each_stage_runs(path):
             missing[name] = lacking
     assert missing == {}, f"{path.relative_to(REPO)}: deps miss code (or reward assets) the stage runs"
     # the stages the renderer gives the reward's assets are the ones whose code builds the reward
-    assert scoring == {s.name for s in pipeline.STAGES if s.scores}
+    assert scoring == {s.name for s in pipeline.STAGES if pipeline.builds_reward(s)}
 
 
 def test_closure_follows_imports_inside_functions():
-    """stages/finetune.py imports alol.algorithms.finetune, whose make_validator imports alol.rewards.annotate inside the
+    """stages/finetune.py imports alol.algorithms, whose ppo_trainer imports alol.rewards.annotate inside a
     function, which imports alol.rewards (a package: its __init__.py and components.py)."""
     runs = {str(p.relative_to(REPO)) for p in closure(REPO / "stages" / "finetune.py")}
     assert {"alol/algorithms/finetune.py", "alol/rewards/annotate.py", "alol/rewards/__init__.py", "alol/rewards/components.py",
-            "alol/algorithms/losses.py"} <= runs
+            "alol/algorithms/offline.py", "alol/algorithms/run.py"} <= runs
     assert "alol/__init__.py" not in runs  # a version string runs nothing
     assert {p.relative_to(REPO).as_posix() for p in pipeline.code_closure(REPO / "stages" / "finetune.py")} == runs
 
@@ -177,28 +177,30 @@ def test_task_pipeline_runs_the_roots_stages(path):
 
 
 def asset_deps(path: Path) -> dict[str, list[str]]:
-    return {name: [d for d in s["deps"] if d.startswith("data/assets")] for name, s in stages(path).items()
+    return {name: sorted(d for d in s["deps"] if d.startswith("data/assets")) for name, s in stages(path).items()
             if any(d.startswith("data/assets") for d in s["deps"])}
 
 
 def test_asset_deps_per_task():
     """Worked out by hand from what each task's reader and each reward type read (the old hand-kept table)."""
-    chitchat_reward = ["data/assets/toxicity", "data/assets/minilm"]  # safety (Jigsaw BiLSTM), relevance (MiniLM)
+    chitchat_reward = ["data/assets/minilm", "data/assets/toxicity"]  # relevance (MiniLM), safety (Jigsaw BiLSTM)
     scoring = ("annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate")
     root = {"clean": ["data/assets/chitchat", "data/assets/policy"], "train_reference": ["data/assets/policy"],
             **{name: chitchat_reward for name in scoring}}
     assert asset_deps(REPO / "dvc.yaml") == root
     # noisy: the root's, and clean mixes in the Kaggle insults that download.insults fetches
     assert asset_deps(REPO / "pipelines" / "noisy" / "dvc.yaml") == {
-        **root, "clean": ["data/assets/chitchat", "data/assets/policy", "data/assets/insults"]}
+        **root, "clean": ["data/assets/chitchat", "data/assets/insults", "data/assets/policy"]}
     # the other tasks' rewards are hub ids / folders used in place: no reward assets
     assert asset_deps(REPO / "pipelines" / "hh" / "dvc.yaml") == {"clean": ["data/assets/hh"]}
-    assert asset_deps(REPO / "pipelines" / "reddit" / "dvc.yaml") == {"clean": ["data/assets/reddit", "data/assets/policy"]}
+    # reddit's reference is an NLL run from the downloaded policy (a dep the hand-kept file lacked)
+    assert asset_deps(REPO / "pipelines" / "reddit" / "dvc.yaml") == {"clean": ["data/assets/policy", "data/assets/reddit"],
+                                                                      "train_reference": ["data/assets/policy"]}
     assert asset_deps(REPO / "pipelines" / "comet" / "dvc.yaml") == {"clean": ["data/assets/comet"],
                                                                      "train_reference": ["data/assets/policy"]}
     for name in ("wow", "faithdial", "faithdial_wow"):
         assert asset_deps(REPO / "pipelines" / name / "dvc.yaml") == {
-            "clean": ["data/assets/wow", "data/assets/policy"], "train_reference": ["data/assets/policy"]}, name
+            "clean": ["data/assets/policy", "data/assets/wow"], "train_reference": ["data/assets/policy"]}, name
 
 
 def test_clean_stage_per_task():

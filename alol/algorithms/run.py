@@ -37,6 +37,10 @@ class Run:
     annotated: Path | None = None
     assets: Path | None = None
     checkpoint_dir: Path | None = None
+    reward_loader: Any = None
+    """() -> the task's reward (alol.rewards.annotate.load_reward on these params and folders), given by the
+    stage when --annotated and --assets are: the stage, not the families, builds the reward, so only the
+    stages that score depend on the reward's assets."""
     checkpoint: Any = None
     """The plan's resumable checkpoint (set by train_on_plan): removed by `finish` once the policy is saved."""
 
@@ -49,11 +53,9 @@ class Run:
 
     def reward(self, missing: str):
         """The task's reward; `missing`: the error when --annotated / --assets were not given."""
-        from alol.rewards.annotate import load_reward
-
-        if self.annotated is None or self.assets is None:
+        if self.reward_loader is None:
             raise AlolError(missing)
-        return load_reward(self.params, self.assets, self.annotated)
+        return self.reward_loader()
 
     def prompts(self, split: str):
         from alol.core.io import read_parquet
