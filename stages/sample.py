@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from alol.rewards.annotate import load_reward, reward_inputs
+from alol.rewards.annotate import load_reward
 from alol.core.stage import stage
 from alol.core.device import is_main_process
-from alol.models.generate import generate
+from alol.evaluation.replies import generate_and_score
 from alol.core.io import read_parquet, write_json, write_parquet
 from alol.models.load import ModelConfig, load_tokenizer
 from alol.training.pairs import SampleConfig, order_pairs
@@ -44,12 +44,10 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         generated_reward = np.array([r[1] for r in frame["candidate_rewards"].to_list()])
         generated_raw = np.array([r[1] for r in frame["candidate_raw_rewards"].to_list()])
     else:
-        generated, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.generation, base.max_prompt_tokens,
-                                base.seed)
-        scores = load_reward(p, assets, annotated)(
-            reward_inputs(frame, "train", completions=generated), source="reference samples",
-            row_ids=frame["prompt_id"].to_list())
-        generated_reward, generated_raw = scores["reward"], raw_reward(scores)
+        replies = generate_and_score(model, tokenizer, frame, load_reward(p, assets, annotated), cfg.generation,
+                                     base.max_prompt_tokens, base.seed, "train", "reference samples")
+        generated, generated_reward, generated_raw = (replies.replies, replies.scores["reward"],
+                                                      raw_reward(replies.scores))
     prompts = frame["prompt"].to_list()
     logps = {}
     for name, replies in (("data", frame["completion"].to_list()), ("generated", generated)):

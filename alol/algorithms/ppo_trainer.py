@@ -33,7 +33,8 @@ from alol.algorithms import ppo
 from alol.algorithms.record import Algorithm, Family
 from alol.algorithms.run import rollout_start
 from alol.core.errors import AlolError
-from alol.models.generate import GenerationConfig, generate_ids
+from alol.models.generate import GenerationConfig
+from alol.models.padding import pad_left
 from alol.models.logprobs import Example, collate, completion_logps, completion_logps_and_states, length_grouped
 from alol.training.loop import TrainConfig, make_accelerator, make_optimizer
 from alol.training.summary import first, last, summarize, total, weighted_mean
@@ -202,18 +203,10 @@ def score_rollouts(model: PolicyWithValue, ref_model, examples: list[Example], p
     return map_blocks(block, order, micro_batch)
 
 
-def right_aligned(rows: list[list[float]]) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.zeros((len(rows), width))
-    for i, r in enumerate(rows):
-        out[i, width - len(r):] = torch.tensor(r)
-    return out
-
-
 def rollout_targets(scores: np.ndarray, scored, cfg: PPOConfig, kl_coef: float):
     """Per rollout: whitened advantages and returns (lists over its tokens), and the batch statistics."""
-    logps, values, ref = (right_aligned([s[j] for s in scored]) for j in range(3))
-    mask = right_aligned([[1.0] * len(s[0]) for s in scored])
+    logps, values, ref = (pad_left([s[j] for s in scored], 0.0, torch.float32)[0] for j in range(3))
+    mask = pad_left([s[0] for s in scored], 0.0, torch.float32)[1].float()
     seq_scores = torch.tensor(scores, dtype=torch.float32)
     if cfg.whiten_rewards:
         seq_scores = ppo.whiten(seq_scores, torch.ones_like(seq_scores))
@@ -232,7 +225,7 @@ def train_ppo(policy, reference, model_cfg, tokenizer, frame, reward, cfg: PPOCo
               seed: int, log=None, validate=None):
     """Run PPO from `policy` (loaded from `reference`) on the prompts of `frame` (prompt, context, ...).
     `log(step, metrics)` on the main process only. Returns the trained policy, ready to save."""
-    from alol.rewards.annotate import reward_inputs
+    from alol.evaluation.replies import generate_and_score
 
     accelerator, accumulation = make_accelerator(cfg.train)
     total_steps = check_ppo(cfg, accelerator.num_processes)
@@ -256,12 +249,11 @@ def train_ppo(policy, reference, model_cfg, tokenizer, frame, reward, cfg: PPOCo
     for step in range(cfg.steps):
         tic = time.perf_counter()
         rows = frame[schedule[step].tolist()]
-        rollouts = generate_ids(unwrapped.policy, tokenizer, rows["prompt"].to_list(), cfg.generation,
-                                max_prompt_tokens, seed + 100_003 * (step + 1), description=None)
-        rollout_seconds = time.perf_counter() - tic
+        replies = generate_and_score(unwrapped.policy, tokenizer, rows, reward, cfg.generation, max_prompt_tokens,
+                                     seed + 100_003 * (step + 1), "train", f"PPO step {step + 1} rollouts",
+                                     description=None)
+        rollouts, scores, rollout_seconds = replies.rollouts, replies.scores["reward"], replies.seconds
         examples = [Example(r.prompt_ids, r.completion_ids or [tokenizer.eos_token_id]) for r in rollouts]
-        scores = reward(reward_inputs(rows, "train", completions=[r.text for r in rollouts]),
-                        source=f"PPO step {step + 1} rollouts", description=None)["reward"]
         model.eval()
         scored = score_rollouts(unwrapped, ref_model, examples, pad, cfg.train.micro_batch_size)
         model.train()

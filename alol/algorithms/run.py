@@ -133,8 +133,7 @@ def make_validator(reward, tokenizer, validation, cfg, max_prompt_tokens: int, s
     `cfg.validation_rows` prompts of the `validation` table."""
     import numpy as np
 
-    from alol.models.generate import generate
-    from alol.rewards.annotate import reward_inputs
+    from alol.evaluation.replies import generate_and_score
 
     frame = validation.head(cfg.validation_rows)
     if cfg.validation_metric not in reward.columns:
@@ -142,10 +141,8 @@ def make_validator(reward, tokenizer, validation, cfg, max_prompt_tokens: int, s
                         f"{', '.join(reward.columns)}.")
 
     def validate(model) -> float:
-        replies, _ = generate(model, tokenizer, frame["prompt"].to_list(), cfg.validation_generation,
-                              max_prompt_tokens, seed)
-        scores = reward(reward_inputs(frame, "validation", completions=replies), source="validation replies",
-                        row_ids=frame["prompt_id"].to_list())
-        return float(np.mean(scores[cfg.validation_metric]))
+        replies = generate_and_score(model, tokenizer, frame, reward, cfg.validation_generation, max_prompt_tokens,
+                                     seed, "validation", "validation replies")
+        return float(np.mean(replies.scores[cfg.validation_metric]))
 
     return validate
