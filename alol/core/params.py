@@ -41,7 +41,7 @@ SECTIONS = {
     "clean": {"chitchat": "alol.tasks.chitchat:CleanConfig", "hh": "alol.tasks.hh:HHCleanConfig",  # by `task`
               "reddit": "alol.tasks.reddit:RedditCleanConfig", "wow": "alol.tasks.wow:WowCleanConfig",
               "comet": "alol.tasks.comet:CometCleanConfig"},
-    "rewards": "alol.rewards:reward_configs",  # component name -> settings (the task's reward, no defaults)
+    "rewards": "alol.rewards:reward_configs",  # component name -> its type's settings (alol.rewards.REWARD_TYPES)
     "model": "alol.models.load:ModelConfig",
     "train_reference": "alol.training.reference:ReferenceConfig",
     "estimate_value": "alol.models.value:ValueConfig",
