@@ -218,25 +218,19 @@ def task_clean_outs(task: str) -> tuple[str, ...]:
     return tuple(f"data/clean/{name}.parquet" for name in _task(task).extra_tables)
 
 
-# TODO(registry): the reward-type records' asset deps replace this table (types not listed read no data/assets:
-# hub ids and folders are used in place).
-_REWARD_ASSETS = {"safety": ("data/assets/toxicity",), "relevance": ("data/assets/minilm",)}
-
-
 def reward_asset_deps(params: dict) -> list[str]:
-    """The data/assets paths the reward in `params` (`rewards:`) reads, wherever it is built."""
-    deps = []
-    for name, cfg in (params.get("rewards") or {}).items():
-        for path in _REWARD_ASSETS.get((cfg or {}).get("type") or name, ()):
-            if path not in deps:
-                deps.append(path)
-    return deps
+    """The data/assets paths the reward in `params` (`rewards:`) reads, wherever it is built: each
+    component's reward-type record says which asset folders it reads (hub ids and folders are used in place)."""
+    from alol import rewards
+
+    return rewards.asset_deps(rewards.reward_configs(params))
 
 
 def reward_fit_deps(params: dict) -> list[str]:
     """Files the reward is fit on besides the train split (a diversity component's `fit_on`)."""
-    return [cfg["fit_on"] for name, cfg in (params.get("rewards") or {}).items()
-            if cfg and (cfg.get("type") or name) == "diversity" and cfg.get("fit_on", "train") != "train"]
+    from alol import rewards
+
+    return rewards.fit_deps(rewards.reward_configs(params))
 
 
 # --- the code a stage runs -------------------------------------------------------------------------------

@@ -104,9 +104,9 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     from alol.rewards.annotate import annotate_splits
     from alol.training.pairs import order_pairs
     from alol.tasks import TASKS
-    from alol.rewards import RewardComponentConfig, RewardFunction
+    from alol.rewards import RewardFunction, reward_config
 
-    reward = RewardFunction({"oasst": RewardComponentConfig(type="reward_model", model="never-loaded")}, ".")
+    reward = RewardFunction({"oasst": reward_config("oasst", {"type": "reward_model", "model": "never-loaded"})}, ".")
     tables, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"}, TASKS["hh"])
     train = tables["train"]
     assert train["candidate_rewards"].to_list()[0] == pytest.approx([0.880797, 0.268941], abs=1e-6)
@@ -138,7 +138,8 @@ def test_stored_logits_score_the_train_split_only(monkeypatch):
     model like the policies' replies, validation by a fresh pass of the train model."""
     import math
 
-    from alol.rewards.components import DialogueRewardModel, RewardInputs
+    from alol.rewards.components import RewardInputs
+    from alol.rewards.reward_model import DialogueRewardModel
 
     class Fake:
         eos = "</s>"

@@ -212,14 +212,14 @@ def test_keras_critic_converts_and_scores_like_numpy(tmp_path):
 
 
 def test_comet_critic_reward_stored_for_data_critic_for_the_rest(tmp_path):
-    from alol.rewards import RewardComponentConfig, build_component
+    from alol.rewards import build_component, reward_config
 
     h5, roberta, dense = build_keras_critic(tmp_path)
     from alol.rewards.comet import convert
 
     folder = convert(h5, str(tmp_path / "base"), tmp_path / "critic")
-    critic = build_component("critic", RewardComponentConfig(type="comet_critic", model=str(folder), seed=901),
-                             tmp_path, "rewards.critic")
+    settings = {"type": "comet_critic", "model": str(folder), "seed": 901}
+    critic = build_component("critic", reward_config("critic", settings), tmp_path, "rewards.critic")
     prompts = [render_prompt("PersonX gives PersonY a gift", "xAttr"), render_prompt("PersonX bakes a cake", "xNeed")]
     tails = ["generous", "to buy flour"]
     data = RewardInputs(prompts, tails, ["c", "c"], split="train", stored_scores=[0.97, 0.81])

@@ -112,7 +112,7 @@ def test_qlora_trains_in_4bit_on_the_gpu(llama):
 
 
 def test_generation_and_reward_scoring_on_the_gpu(llama, tmp_path):
-    from alol.rewards import RewardComponentConfig, RewardFunction
+    from alol.rewards import RewardFunction, reward_config
     from alol.rewards.components import RewardInputs
     from test_hh import build_tiny_reward_model
 
@@ -125,8 +125,8 @@ def test_generation_and_reward_scoring_on_the_gpu(llama, tmp_path):
     report("generation (bf16, greedy, batch 32)", tokens_per_second=generated / (time.perf_counter() - tic))
 
     fresh_peak()
-    reward = RewardFunction({"rm": RewardComponentConfig(type="reward_model", model=str(
-        build_tiny_reward_model(tmp_path / "rm")), use_stored_logits=False)}, tmp_path)
+    reward = RewardFunction({"rm": reward_config("rm", {"type": "reward_model", "model": str(
+        build_tiny_reward_model(tmp_path / "rm")), "use_stored_logits": False})}, tmp_path)
     scorer = reward.components["rm"]._model("train")
     assert next(scorer.parameters()).dtype == reward_dtype()
     if ON_GPU:

@@ -24,8 +24,9 @@ import yaml
 from alol.tasks.reddit import (FILES, RedditCleanConfig, clean_reddit, collapse, load_reddit, pandas_sample_order,
                               read_csv, replace_urls)
 from alol.core.errors import AlolError
-from alol.rewards import RewardComponentConfig, build_component
-from alol.rewards.components import Diversity, RewardInputs
+from alol.rewards import build_component, reward_config
+from alol.rewards.components import RewardInputs
+from alol.rewards.diversity import Diversity
 from conftest import REPO, build_tokenizer, deep_update
 
 EOS = "<|endoftext|>"
@@ -191,7 +192,7 @@ def build_cola(path: Path, seed: int = 0) -> Path:
 
 
 def component(name: str, **settings):
-    return build_component(name, RewardComponentConfig(**settings), Path("."), f"rewards.{name}")
+    return build_component(name, reward_config(name, settings), Path("."), f"rewards.{name}")
 
 
 PROMPTS = ["what do you like to do for fun" + EOS, "the weather is nice" + EOS]

@@ -190,10 +190,10 @@ def build_tiny_gpt2(path: Path, seed: int = 0) -> Path:
 def test_faithcritic_scores_the_knowledge_reply_pair_by_hand(tmp_path):
     from transformers import RobertaForSequenceClassification
 
-    from alol.rewards import RewardComponentConfig, build_component
+    from alol.rewards import build_component, reward_config
 
     path = build_tiny_roberta_classifier(tmp_path / "faithcritic")
-    cfg = RewardComponentConfig(type="hf_classifier", model=str(path), label=0, text_pair="knowledge")
+    cfg = reward_config("faithdial", {"type": "hf_classifier", "model": str(path), "label": 0, "text_pair": "knowledge"})
     critic = build_component("faithdial", cfg, tmp_path, "rewards.faithdial")
     knowledge = ["the weather is nice", "i like hiking and reading books today"]
     replies = ["hello there", "you are so dumb"]
@@ -218,10 +218,10 @@ def test_faithcritic_scores_the_knowledge_reply_pair_by_hand(tmp_path):
 def test_dialogrpt_scores_the_history_and_reply_by_hand(tmp_path):
     from transformers import GPT2ForSequenceClassification
 
-    from alol.rewards import RewardComponentConfig, build_component
+    from alol.rewards import build_component, reward_config
 
     path = build_tiny_dialogrpt(tmp_path / "depth")
-    depth = build_component("depth", RewardComponentConfig(type="dialog_rpt", model=str(path)), tmp_path,
+    depth = build_component("depth", reward_config("depth", {"type": "dialog_rpt", "model": str(path)}), tmp_path,
                             "rewards.depth")
     turns = [["hello there how are you", "i am fine thanks"], ["what do you like to do for fun"]]
     replies = ["the weather is nice", "i like hiking"]

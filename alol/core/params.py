@@ -39,7 +39,7 @@ SECTIONS = {
     "base": "alol.core.params:BaseConfig",
     "download": "alol.core.fetch:DownloadConfig",
     "clean": "alol.tasks:TASKS",  # the `task:` value's record, whose `config` is its clean dataclass
-    "rewards": "alol.rewards:reward_configs",  # component name -> settings (the task's reward, no defaults)
+    "rewards": "alol.rewards:reward_configs",  # component name -> its type's settings (alol.rewards.REWARD_TYPES)
     "model": "alol.models.load:ModelConfig",
     "train_reference": "alol.training.reference:ReferenceConfig",
     "estimate_value": "alol.models.value:ValueConfig",

@@ -54,7 +54,7 @@ class ValueConfig:
             raise ValueError(f"replies_per_prompt: {self.replies_per_prompt} greedy replies would all be the same; "
                              "set generation.do_sample: true")
     reward_range: list[float] | None = None
-    """[low, high] the value is squashed into; null infers it from the reward weights (each built-in in [0, 1])."""
+    """[low, high] the value is squashed into; null infers it from the reward weights and each type's bounds."""
 
 
 class ValueHead(nn.Module):
@@ -180,18 +180,18 @@ def fit_quality(pred: np.ndarray, target: np.ndarray, **extra) -> dict:
 
 
 def reward_range(cfg: ValueConfig, params: dict) -> tuple[float, float]:
-    """[low, high] of the task reward: given, or inferred from weights of [0, 1]-bounded components."""
+    """[low, high] of the task reward: given, or the weighted sum of each component's bounds (its type's record)."""
     from alol.core.errors import AlolError
-    from alol.rewards import reward_configs
+    from alol.rewards import reward_configs, reward_type
 
     if cfg.reward_range is not None:
         if len(cfg.reward_range) != 2 or cfg.reward_range[0] >= cfg.reward_range[1]:
             raise AlolError(f"estimate_value.reward_range must be [low, high] with low < high, got {cfg.reward_range}.")
         return float(cfg.reward_range[0]), float(cfg.reward_range[1])
     configs = reward_configs(params)
-    unbounded = [name for name, c in configs.items() if (c.type or name) == "python"]
+    unbounded = [name for name, c in configs.items() if reward_type(c).bounds is None]
     if unbounded:
         raise AlolError(f"reward component(s) {unbounded} have no known range: set estimate_value.reward_range "
                         "to [low, high] of the total reward.")
-    weights = [c.weight for c in configs.values()]
-    return sum(min(w, 0.0) for w in weights), sum(max(w, 0.0) for w in weights)
+    ends = [(c.weight * reward_type(c).bounds[0], c.weight * reward_type(c).bounds[1]) for c in configs.values()]
+    return sum(min(e) for e in ends), sum(max(e) for e in ends)

@@ -2,7 +2,25 @@
 
 One `RewardFunction` serves every stage that scores text (annotate, estimate_value,
 evaluate), so a reward means the same thing everywhere. Add a reward without touching the
-library with `type: python` (a function) or `type: hf_classifier` (any classifier).
+library with `type: python` (a function of the prompts, the replies and the rows' other
+columns) or `type: hf_classifier` (any classifier).
+
+Each `type:` is one module of this package, ending with its record (components.RewardType):
+its own config dataclass (so a key of another type is an error), how it is built, the row's
+columns it needs, its bounds, what it fits on train data, and its asset folders. REWARD_TYPES
+below is the one place where a `type:` string becomes code.
+
+Adding a reward type `my_type`:
+  1. alol/rewards/my_type.py: `MyTypeConfig(RewardConfig)` with a docstring per setting, a
+     `Component` subclass (`score(rows) -> one float per row`; `fit` / `state` / `load_state`
+     if it learns from train data), and at the end
+     `REWARD_TYPE = RewardType(name="my_type", config=MyTypeConfig, build=..., bounds=(0.0, 1.0))`
+     (bounds None if unknown; `needs`, `fits`, `assets`, `fit_files` when they apply). Import heavy
+     libraries inside the component, as the other modules do.
+  2. One line in TYPE_MODULES below (tests/test_rewards.py checks that every type module is listed).
+  3. Its test, e.g. tests/test_rewards.py, with a score worked out by hand.
+Nothing else: params checking, the error for unknown keys, the value head's range, DVC's
+asset deps (asset_deps) all read the record.
 """
 
 from __future__ import annotations
@@ -14,115 +32,66 @@ import numpy as np
 
 from alol.core.errors import AlolError
 from alol.core.shard import map_blocks
-from alol.rewards.components import (Component, DialogRPT, DialogueRewardModel, Diversity, HarperFluency,
-                                     HFClassifier, Positivity, PythonFunction, Relevance, RewardInputs, Safety,
-                                     ToxiChat)
+from alol.rewards import (comet_critic, dialog_rpt, diversity, harper_fluency, hf_classifier, positivity, python,
+                          relevance, reward_model, safety, toxichat)
+from alol.rewards.components import Component, RewardConfig, RewardInputs, RewardType
 
 BLOCK_ROWS = 256  # rows per scoring call of every component (the unit dealt to processes)
-BUILTIN_TYPES = ("safety", "positivity", "relevance", "diversity", "harper_fluency", "reward_model", "hf_classifier",
-                 "dialog_rpt", "toxichat", "comet_critic", "python")
+TYPE_MODULES = (safety, positivity, relevance, diversity, harper_fluency, reward_model, hf_classifier, dialog_rpt,
+                toxichat, comet_critic, python)
+REWARD_TYPES: dict[str, RewardType] = {m.REWARD_TYPE.name: m.REWARD_TYPE for m in TYPE_MODULES}
+"""`type:` -> its record: the only place a reward type's name becomes code."""
+_BY_CONFIG = {record.config: record for record in REWARD_TYPES.values()}
 
 
-@dataclasses.dataclass
-class RewardComponentConfig:
-    """One entry under `rewards:`; the entry's key is the component's name (column `reward_<name>`)."""
-
-    type: str | None = None
-    """One of safety, positivity, relevance, diversity, harper_fluency, reward_model, hf_classifier, dialog_rpt,
-    toxichat, comet_critic, python. Defaults to the name."""
-    weight: float = 1.0
-    """Weight of this component in `reward` = sum of weight * component."""
-    model: str | None = None
-    """hf_classifier: hub id or folder of an AutoModelForSequenceClassification; reward_model: of a
-    GPT-NeoX reward model (OASST layout, no remote code); dialog_rpt: of a DialogRPT ranker
-    (e.g. microsoft/DialogRPT-updown); toxichat: a local folder with the ToxiChat classifier's state
-    dict, GPT-2 config.json and tokenizer; comet_critic: a critic folder (`python -m alol.rewards.comet
-    convert`)."""
-    test_model: str | None = None
-    """reward_model: another reward model for the test split (null: `model`)."""
-    max_tokens: int = 1024
-    """reward_model, dialog_rpt, toxichat: inputs are left-truncated to this many tokens; comet_critic:
-    pairs are truncated to this many."""
-    use_stored_logits: bool = True
-    """reward_model: use the logits stored with the train split's data replies (PRO's train file, scored
-    by the train/validation model) instead of rescoring them; validation and test are always rescored."""
-    label: str | int | None = None
-    """hf_classifier: the label whose probability is the reward (name or index)."""
-    text_pair: str | None = None
-    """hf_classifier: null (completion alone), 'context', 'prompt' or 'knowledge' (the wow task's passage:
-    FaithCritic's (knowledge, reply) pair) as the first text of a pair."""
-    trust_remote_code: bool = False
-    """hf_classifier: allow the model's own Python code. Off by default: it runs arbitrary code."""
-    head: str | None = None
-    """toxichat: state-dict prefix of the 2-way head (null: the only (2, hidden) weight outside the GPT-2 body)."""
-    fit_on: str = "train"
-    """diversity: 'train' (the train split's completions) or a Parquet file with a `completion` column to
-    fit the tf-idf on, relative to the folder dvc runs in (Reddit: the pos + neg train replies)."""
-    scale: float = 5.0
-    """harper_fluency: the score is exp(-scale * lints / words)."""
-    ignore_kinds: list[str] = dataclasses.field(default_factory=lambda: ["Formatting", "Readability", "Style"])
-    """harper_fluency: Harper lint kinds not counted (spacing and style advice, not errors)."""
-    use_stored_scores: bool = True
-    """comet_critic: train and validation data replies keep the score stored with them (ATOMIC-10x's
-    p_valid_model, the authors' train reward); test rows and generated replies are scored by the critic."""
-    seed: int = 0
-    """comet_critic: seed of the first names that replace PersonX / PersonY (drawn per head)."""
-    function: str | None = None
-    """python: 'module:function' taking (prompts, completions) and returning one float per row."""
-    batch_size: int = 64
-    """Rows per forward pass for model-based components."""
-    dtype: str = "auto"
-    """Model-based components: float32, bfloat16 or float16; auto: bf16 on a GPU for reward_model and
-    hf_classifier, float32 for the small built-ins and on the CPU (alol/core/device.py says why)."""
+def reward_type(cfg: RewardConfig) -> RewardType:
+    """The record of a component's settings (each type has its own config class)."""
+    return _BY_CONFIG[type(cfg)]
 
 
-def build_component(name: str, cfg: RewardComponentConfig, assets: Path, where: str) -> Component:
-    kind = cfg.type or name
-    if kind == "safety":
-        return Safety(assets, batch_size=max(cfg.batch_size, 256), dtype=cfg.dtype)
-    if kind == "positivity":
-        return Positivity()
-    if kind == "relevance":
-        return Relevance(assets, batch_size=cfg.batch_size, dtype=cfg.dtype)
-    if kind == "diversity":
-        return Diversity(cfg.fit_on)
-    if kind == "harper_fluency":
-        return HarperFluency(cfg.scale, tuple(cfg.ignore_kinds))
-    if kind == "dialog_rpt":
-        return DialogRPT(cfg.model, where, cfg.max_tokens, min(cfg.batch_size, 16), cfg.dtype)
-    if kind == "toxichat":
-        return ToxiChat(cfg.model, cfg.head, where, cfg.max_tokens, min(cfg.batch_size, 16), cfg.dtype)
-    if kind == "reward_model":
-        return DialogueRewardModel(cfg.model, cfg.test_model, cfg.max_tokens, cfg.use_stored_logits, where,
-                                   min(cfg.batch_size, 8), cfg.dtype)
-    if kind == "hf_classifier":
-        if not cfg.model:
-            raise AlolError(f"{where}.model: hf_classifier needs a model (hub id or folder).")
-        return HFClassifier(cfg.model, cfg.label, cfg.text_pair, where, cfg.batch_size,
-                            trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
-    if kind == "comet_critic":
-        from alol.rewards.comet import CometCriticReward
+def reward_config(name: str, settings: dict, where: str = "rewards") -> RewardConfig:
+    """Entry `name` of `rewards:` as its type's config; `where` names it in errors (`<file>: rewards.<name>`
+    is f"{where}.{name}")."""
+    from alol.core.params import from_dict
 
-        return CometCriticReward(cfg.model, where, cfg.seed, cfg.use_stored_scores, cfg.batch_size,
-                                 min(cfg.max_tokens, 512), cfg.dtype)
-    if kind == "python":
-        return PythonFunction(cfg.function, where)
-    hint = "" if cfg.type else f" (no `type:` given, so the name {name!r} was taken as the type)"
-    raise AlolError(f"{where}: unknown reward component type {kind!r}{hint}. Valid types: {', '.join(BUILTIN_TYPES)}.")
+    where = f"{where}.{name}"
+    settings = settings or {}
+    if not isinstance(settings, dict):
+        raise AlolError(f"{where}: expected a mapping of settings, got {settings!r}.")
+    kind = settings.get("type") or name
+    if not isinstance(kind, str) or kind not in REWARD_TYPES:
+        hint = "" if settings.get("type") else f" (no `type:` given, so the name {name!r} was taken as the type)"
+        raise AlolError(f"{where}: unknown reward component type {kind!r}{hint}. Valid types: {', '.join(REWARD_TYPES)}.")
+    record = REWARD_TYPES[kind]
+    valid = sorted(f.name for f in dataclasses.fields(record.config))
+    foreign = sorted(set(settings) - set(valid))
+    if foreign:
+        owners = {key: [t for t, r in REWARD_TYPES.items() if key in {f.name for f in dataclasses.fields(r.config)}]
+                  for key in foreign}
+        elsewhere = "; ".join(f"{key!r} is a setting of {', '.join(types)}" for key, types in owners.items() if types)
+        raise AlolError(f"{where}: unknown setting(s) {foreign} for a {kind} reward"
+                        f"{f' ({elsewhere})' if elsewhere else ''}; valid settings of {kind} are {valid}.")
+    return from_dict(record.config, settings, where)
+
+
+def build_component(name: str, cfg: RewardConfig, assets: Path, where: str) -> Component:
+    """The component of one `rewards:` entry, built by its type's record."""
+    return reward_type(cfg).build(cfg, Path(assets), where)
 
 
 class RewardFunction:
     """reward_<name> per component and `reward` = their weighted sum, with every value checked; plus
     `raw_reward` when a component squashes its score (see `raw_reward`)."""
 
-    def __init__(self, configs: dict[str, RewardComponentConfig], assets: str | Path,
-                 where: str = "params.yaml: rewards"):
+    def __init__(self, configs: dict[str, RewardConfig], assets: str | Path, where: str = "params.yaml: rewards"):
         if not configs:
             raise AlolError(f"{where}: no reward components configured; add at least one, e.g. `safety: {{weight: 1.0}}`.")
         self.where = where
         self.weights = {name: cfg.weight for name, cfg in configs.items()}
         self.components = {name: build_component(name, cfg, Path(assets), f"{where}.{name}")
                            for name, cfg in configs.items()}
+        # the components that fit on train data (their record says what): the only ones with a state
+        self.fitted = [name for name, cfg in configs.items() if reward_type(cfg).fits]
 
     @property
     def columns(self) -> list[str]:
@@ -130,17 +99,16 @@ class RewardFunction:
 
     def fit(self, train: RewardInputs) -> dict:
         """Fit components that learn from train data; return their state (JSON-serialisable)."""
-        for component in self.components.values():
-            component.fit(train)
+        for name in self.fitted:
+            self.components[name].fit(train)
         return self.state()
 
     def state(self) -> dict:
-        return {name: c.state() for name, c in self.components.items() if c.state() is not None}
+        return {name: self.components[name].state() for name in self.fitted}
 
     def load_state(self, state: dict) -> None:
-        for name, component in self.components.items():
-            if isinstance(component, Diversity):
-                component.load_state(state.get(name))
+        for name in self.fitted:
+            self.components[name].load_state(state.get(name))
 
     def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None,
                  description: str | None = "scoring", local: bool = False) -> dict[str, np.ndarray]:
@@ -188,12 +156,31 @@ def raw_reward(table) -> np.ndarray:
     return np.asarray(table["raw_reward"] if "raw_reward" in table else table["reward"], dtype=np.float64)
 
 
-def reward_configs(params: dict) -> dict[str, RewardComponentConfig]:
-    """The `rewards:` section of loaded params as component configs."""
-    from alol.core.params import from_dict, params_file
+def reward_configs(params: dict) -> dict[str, RewardConfig]:
+    """The `rewards:` section of loaded params: component name -> its type's config."""
+    from alol.core.params import params_file
 
     where = f"{params_file(params)}: rewards"
     raw = params.get("rewards") or {}
     if not isinstance(raw, dict):
         raise AlolError(f"{where}: expected a mapping of component name -> settings.")
-    return {name: from_dict(RewardComponentConfig, cfg or {}, f"{where}.{name}") for name, cfg in raw.items()}
+    return {name: reward_config(name, settings, where) for name, settings in raw.items()}
+
+
+def asset_deps(configs: dict[str, RewardConfig] | None = None, folder: str = "data/assets") -> list[str]:
+    """The asset folders the reward of `configs` reads (None: every reward type's), as DVC deps of
+    every stage that scores: ['data/assets/toxicity', 'data/assets/minilm'] for chit-chat's."""
+    records = REWARD_TYPES.values() if configs is None else [reward_type(c) for c in configs.values()]
+    return list(dict.fromkeys(f"{folder}/{asset}" for record in records for asset in record.assets))
+
+
+def needed_columns(configs: dict[str, RewardConfig]) -> list[str]:
+    """The row columns the reward of `configs` needs (each type's `needs`), e.g. for a task to check
+    that its tables provide them: ['completion', 'context'] for chit-chat's."""
+    return list(dict.fromkeys(column for cfg in configs.values() for column in reward_type(cfg).needs(cfg)))
+
+
+def fit_deps(configs: dict[str, RewardConfig]) -> list[str]:
+    """Files the fit on train data reads besides the train split (diversity's `fit_on`), as DVC
+    deps of annotate, the stage that fits; relative to the folder dvc runs in."""
+    return list(dict.fromkeys(path for cfg in configs.values() for path in reward_type(cfg).fit_files(cfg)))

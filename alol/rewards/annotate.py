@@ -11,24 +11,22 @@ import polars as pl
 from alol.core.errors import AlolError
 from alol.core.params import params_file
 from alol.rewards import RewardFunction, raw_reward, reward_configs
-from alol.rewards.components import RewardInputs
+from alol.rewards.components import FrameColumns, RewardInputs
 
 STATE_FILE = "reward_state.json"
 
 
 def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: list[float] | None = None,
                   completions: list[str] | None = None) -> RewardInputs:
-    """What the reward components read from a table. `stored_logits` and `stored_scores` (the
-    `stored_score` column) only for the data's own replies (completions=None)."""
+    """The rows of a table to score: its replies (or `completions`, generated for its prompts) and
+    every other column of each row (read only when a component asks for it). `stored_logits` and
+    `stored_scores` (the `stored_score` column) only for the data's own replies (completions=None)."""
     own = completions is None
-    return RewardInputs(prompts=frame["prompt"].to_list(),
-                        completions=frame["completion"].to_list() if own else completions,
-                        contexts=frame["context"].to_list(),
-                        turns=frame["turns"].to_list() if "turns" in frame.columns else None,
-                        stored_logits=stored_logits, split=split,
-                        knowledge=frame["knowledge"].to_list() if "knowledge" in frame.columns else None,
+    return RewardInputs(frame["prompt"].to_list(), frame["completion"].to_list() if own else completions,
+                        split=split, stored_logits=stored_logits,
                         stored_scores=frame["stored_score"].to_list() if own and "stored_score" in frame.columns
-                        else None)
+                        else None,
+                        columns=FrameColumns(frame.drop([c for c in ("prompt", "completion") if c in frame.columns])))
 
 
 def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | None = None) -> RewardFunction:

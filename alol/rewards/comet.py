@@ -28,9 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alol.core.device import place, reward_dtype
 from alol.core.errors import AlolError
-from alol.rewards.components import Component, RewardInputs
 
 PHRASES = {
     "HinderedBy": "can be hindered by",
@@ -138,48 +136,6 @@ class CometCritic(nn.Module):
         if missing or unexpected:
             raise AlolError(f"{folder}: critic weights do not match (missing {missing[:4]}, unexpected {unexpected[:4]}).")
         return model.eval()
-
-
-class CometCriticReward(Component):
-    """Component: P(valid) of (head, relation, reply), head and relation read from the comet prompt.
-    With `use_stored_scores`, train and validation DATA replies keep their stored score (ATOMIC-10x's
-    p_valid_model, the authors' train reward); test rows and generated replies are always scored."""
-
-    def __init__(self, model: str, where: str, seed: int = 0, use_stored_scores: bool = True, batch_size: int = 32,
-                 max_tokens: int = 512, dtype: str = "auto"):
-        from transformers import AutoTokenizer
-
-        if not model:
-            raise AlolError(f"{where}.model: comet_critic needs a converted critic folder.")
-        self.where, self.use_stored, self.batch_size, self.max_tokens = where, use_stored_scores, batch_size, max_tokens
-        self.sampler = NameSampler(seed)
-        self.dtype, self.source = reward_dtype(dtype), model
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = place(CometCritic.from_folder(model), f"COMET critic {model}", self.dtype)
-
-    def pairs(self, prompts: list[str], tails: list[str]) -> list[tuple[str, str]]:
-        out = []
-        for prompt, tail in zip(prompts, tails):
-            head, relation = parse_prompt(prompt)
-            out.append(critic_pair(head, relation, tail.strip(), self.sampler.names(head)))
-        return out
-
-    @torch.inference_mode()
-    def probabilities(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        out = np.zeros(len(pairs))
-        for start in range(0, len(pairs), self.batch_size):
-            part = pairs[start:start + self.batch_size]
-            enc = self.tokenizer([a for a, _ in part], [b for _, b in part], padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt").to(self.model.roberta.device)
-            out[start:start + len(part)] = torch.sigmoid(self.model(**enc).float()).cpu().numpy()
-        return out
-
-    def score(self, rows: RewardInputs) -> np.ndarray:
-        stored = rows.stored_scores
-        if self.use_stored and rows.split in ("train", "validation") and stored is not None \
-                and np.all(np.isfinite(stored)):
-            return np.asarray(stored, dtype=np.float64)
-        return self.probabilities(self.pairs(rows.prompts, rows.completions))
 
 
 # --- the authors' Keras critic -> safetensors -------------------------------------------------

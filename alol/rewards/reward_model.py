@@ -1,4 +1,6 @@
-"""OpenAssistant-style reward models: a GPT-NeoX backbone and a linear score head on the last token.
+"""`reward_model`: sigmoid(logit) of an OpenAssistant-style reward model on the dialogue (HH), in [0, 1].
+
+The reward models: a GPT-NeoX backbone and a linear score head on the last token.
 
 The OASST checkpoints (e.g. OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5) ship a custom
 class that needs trust_remote_code. Their weights are plain: `gpt_neox.*` for the backbone
@@ -9,14 +11,35 @@ standard layout (GPTNeoXForSequenceClassification: `score.weight`) loads too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from alol.core.device import place
+from alol.models.padding import pad_right
+
+from alol.core.device import place, reward_dtype
 from alol.core.errors import AlolError
+from alol.rewards.components import Component, RewardConfig, RewardInputs, RewardType
+
+
+@dataclasses.dataclass
+class RewardModelConfig(RewardConfig):
+    model: str | None = None
+    """Hub id or folder of a GPT-NeoX reward model (OASST layout, no remote code)."""
+    test_model: str | None = None
+    """Another reward model for the test split (null: `model`)."""
+    max_tokens: int = 1024
+    """Inputs are left-truncated to this many tokens."""
+    use_stored_logits: bool = True
+    """Use the logits stored with the train split's data replies (PRO's train file, scored by the
+    train/validation model) instead of rescoring them; validation and test are always rescored."""
+    batch_size: int = 8
+    """Dialogues per forward pass (sorted by length)."""
+    dtype: str = "auto"
+    """float32, bfloat16 or float16; auto: bf16 on a GPU, float32 on the CPU (alol/core/device.py)."""
 
 
 def _local_folder(source: str) -> Path:
@@ -90,15 +113,61 @@ class RewardModel(torch.nn.Module):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids = [self.tokenizer(texts[i], add_special_tokens=False)["input_ids"][-self.max_tokens:] for i in idx]
-            width = max(len(x) for x in ids)
-            input_ids = torch.full((len(ids), width), pad)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for row, x in enumerate(ids):  # right padding: the last real token is at len - 1
-                input_ids[row, :len(x)] = torch.tensor(x)
-                mask[row, :len(x)] = 1
+            input_ids, mask = pad_right(ids, pad)  # right padding: the last real token is at len - 1
             device = self.head.weight.device
             input_ids, mask = input_ids.to(device), mask.to(device)
             hidden = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
             last = hidden[torch.arange(len(ids)), mask.sum(1) - 1]
             out[idx] = self.head(last).squeeze(-1).float().cpu().numpy()
         return out
+
+
+class DialogueRewardModel(Component):
+    """sigmoid of a GPT-NeoX reward model's logit on (turns + reply), a separate model for test
+    if given (the paper: pythia-1.4B for train/validation, 6.9B for test). With `use_stored_logits`
+    the train split's stored logits are used where present (PRO's train file carries the 1.4B's):
+    only there, since validation and test must be scored by their own model (test: the 6.9B, so
+    that the gold replies and the policies' replies are scored alike)."""
+
+    def __init__(self, model: str, test_model: str | None, max_tokens: int, use_stored_logits: bool, where: str,
+                 batch_size: int = 8, dtype: str = "auto"):
+        if not model:
+            raise AlolError(f"{where}.model: reward_model needs a model (hub id or folder).")
+        self.sources = {"default": model, "test": test_model or model}
+        self.max_tokens, self.use_stored, self.where, self.batch_size = max_tokens, use_stored_logits, where, batch_size
+        self.dtype = reward_dtype(dtype)
+        self.models: dict = {}
+
+    def _model(self, split: str | None):
+        source = self.sources["test" if split == "test" else "default"]
+        if source not in self.models:
+            self.models[source] = RewardModel(source, self.max_tokens, self.dtype)
+        return self.models[source]
+
+    def score(self, rows: RewardInputs) -> np.ndarray:
+        return self.raw_and_score(rows)[1]
+
+    def raw_and_score(self, rows: RewardInputs) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.logits(rows)
+        return logits, 1.0 / (1.0 + np.exp(-logits))
+
+    def logits(self, rows: RewardInputs) -> np.ndarray:
+        stored = rows.stored_logits
+        if self.use_stored and rows.split == "train" and stored is not None and np.all(np.isfinite(stored)):
+            logits = np.asarray(stored, dtype=np.float64)
+        else:
+            turns = rows.get("turns")
+            if turns is None:
+                raise AlolError(f"{self.where}: reward_model scores dialogues; these rows have no `turns` column.")
+            from alol.tasks.hh import reward_model_text
+
+            model = self._model(rows.split)
+            logits = model.score([reward_model_text(t, c, model.eos) for t, c in zip(turns, rows.completions)],
+                                 self.batch_size)
+        return np.asarray(logits, dtype=np.float64)
+
+
+REWARD_TYPE = RewardType(
+    name="reward_model", config=RewardModelConfig, bounds=(0.0, 1.0), needs=lambda cfg: ("turns", "completion"),
+    build=lambda cfg, assets, where: DialogueRewardModel(cfg.model, cfg.test_model, cfg.max_tokens,
+                                                         cfg.use_stored_logits, where, cfg.batch_size, cfg.dtype))
