@@ -139,5 +139,5 @@ def test_generate_and_score_scores_the_replies_generate_gives(tmp_path, tiny_tok
     assert scored.scores["reward"].tolist() == [float(len(r)) for r in replies]
     # the rows' own columns come with each reply; the ids and the source name it in errors
     assert seen["rows"].split == "test" and seen["rows"].prompts == PROMPTS and seen["rows"].completions == replies
-    assert seen["rows"].knowledge == frame["knowledge"].to_list()
+    assert list(seen["rows"].columns["knowledge"]) == frame["knowledge"].to_list()
     assert seen["source"] == "my replies" and seen["row_ids"] == frame["prompt_id"].to_list()
