@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from alol.training.advantages import PlanConfig, make_plans
+from alol.training.plans import PlanConfig, make_plans
 from alol.core.stage import stage
 from alol.algorithms.finetune import FinetuneConfig
 from alol.core.io import read_parquet, write_json, write_parquet

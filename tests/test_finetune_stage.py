@@ -12,7 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alol.training.advantages import PlanConfig, make_plans, with_advantages
+from alol.training.advantages import with_advantages
+from alol.training.plans import PlanConfig, make_plans
 from alol.models.load import ModelConfig, load_policy, tokenizer_fingerprint
 from alol.models.logprobs import encode, forward_rows
 from conftest import build_tiny_llama, run_stage

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from alol.training.advantages import PlanConfig, make_plans, select_plan, step_scales
+from alol.training.plans import PlanConfig, make_plans, select_plan, step_scales
 from alol.core.errors import AlolError
 from alol.models.generate import cut_at_stop
 from alol.training.pairs import order_pairs

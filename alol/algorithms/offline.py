@@ -130,7 +130,7 @@ def encode_rows(frame, tokenizer, algorithm: Algorithm, max_prompt_tokens: int, 
 def train(run):
     """The plan's rows of the advantages table, weighted by the algorithm's loss."""
     from alol.core.io import read_parquet
-    from alol.training.advantages import step_scales
+    from alol.training.plans import step_scales
 
     table = run.advantages / "train.parquet"
     frame = read_parquet(table, [*TABLE_COLUMNS, *(c for c in run.algorithm.reads if c not in TABLE_COLUMNS)])

@@ -77,7 +77,7 @@ def train_on_plan(run: Run, rows, extras: dict, loss_fn, step_scale: float = 1.0
     import torch
 
     from alol.core.io import read_parquet
-    from alol.training.advantages import select_plan
+    from alol.training.plans import select_plan
     from alol.training.loop import Checkpoint, folder_digest, run_fingerprint, train
     from alol.training.reference import load_trainable
     from alol.training.summary import summarize_loop

@@ -44,7 +44,7 @@ SECTIONS = {
     "train_reference": "alol.training.reference:ReferenceConfig",
     "estimate_value": "alol.models.value:ValueConfig",
     "sample": "alol.training.pairs:SampleConfig",
-    "plan": "alol.training.advantages:PlanConfig",
+    "plan": "alol.training.plans:PlanConfig",
     "finetune": "alol.algorithms.finetune:FinetuneConfig",
     "evaluate": "alol.evaluation.evaluate:EvaluateConfig",
 }
