@@ -9,7 +9,6 @@ import pytest
 
 from alol.tasks.chitchat import CleanConfig, build_splits, conversation_rows, load_conversations
 from alol.core.params import BaseConfig
-from alol.core.errors import AlolError
 from conftest import build_tokenizer, run_stage
 
 

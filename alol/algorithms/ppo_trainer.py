@@ -205,8 +205,8 @@ def score_rollouts(model: PolicyWithValue, ref_model, examples: list[Example], p
 
 def rollout_targets(scores: np.ndarray, scored, cfg: PPOConfig, kl_coef: float):
     """Per rollout: whitened advantages and returns (lists over its tokens), and the batch statistics."""
-    logps, values, ref = (pad_left([s[j] for s in scored], 0.0, torch.float32)[0] for j in range(3))
-    mask = pad_left([s[0] for s in scored], 0.0, torch.float32)[1].float()
+    (logps, mask), (values, _), (ref, _) = (pad_left([s[j] for s in scored], 0.0, torch.float32) for j in range(3))
+    mask = mask.float()
     seq_scores = torch.tensor(scores, dtype=torch.float32)
     if cfg.whiten_rewards:
         seq_scores = ppo.whiten(seq_scores, torch.ones_like(seq_scores))
