@@ -315,3 +315,20 @@ def test_render_is_apply_chat_template(assets):
                                                  {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]]
     renderer = Renderer.for_policy(tok, DatasetConfig(), BaseConfig(), needs_template=True)
     assert renderer.render(chats) == tok.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
+
+
+def test_history_is_trimmed_by_summed_message_counts_before_any_render():
+    """The estimate alone (fixed + per-message overhead + content tokens) picks the window: the newest
+    turns that fit, the system message always kept."""
+    from alol.tasks.dataset import Renderer
+
+    tok = build_tokenizer()
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    history = [{"role": "user", "content": "hello there how are you doing today " * 4},
+               {"role": "assistant", "content": "fine"}, {"role": "user", "content": "nice"}]
+    full = n(tok.apply_chat_template([{"role": "system", "content": "s"}, *history], tokenize=False,
+                                     add_generation_prompt=True))
+    base = BaseConfig(max_prompt_tokens=full - 5)
+    renderer = Renderer.for_policy(tok, DatasetConfig(), base, needs_template=True)
+    window, = renderer._windows([{"history": history, "system": "s"}])
+    assert window == [{"role": "system", "content": "s"}, *history[1:]]
