@@ -74,10 +74,10 @@ def _reporting(command: str, fn, *args, **kwargs):
 
 
 @app.command(rich_help_panel=REPOSITORY_PANEL)
-def init(folder: Path = typer.Argument(..., help="Your repository (created, with git, DVC and a first commit, "
-                                       "if absent)."),
+def init(folder: Path = typer.Argument(..., metavar="DIR", help="Your repository (created, with git, DVC and a "
+                                       "first commit, if absent)."),
          data: str = typer.Option(..., help="Your data: a file or folder (JSONL, JSON, CSV, Parquet, Arrow) or a "
-                                  "hub dataset id. A file outside FOLDER is copied into FOLDER/data/."),
+                                  "hub dataset id. A file outside DIR is copied into DIR/data/source/."),
          data_format: str = typer.Option("auto", "--format", help="auto (from the columns), prompt_completion, "
                                          "messages, sharegpt, preference or unpaired_preference (clean.format)."),
          columns: str = typer.Option("", help="Our column names = yours, e.g. prompt=question,completion=answer "
@@ -86,14 +86,14 @@ def init(folder: Path = typer.Argument(..., help="Your repository (created, with
                                     "PyPI, offline), a hub id or a local model folder (download.policy)."),
          force: bool = typer.Option(False, "--force", help="Replace an existing dvc.yaml, params.yaml or data "
                                     "copy, keeping each as <name>.bak.")):
-    """Write a pipeline for your data (the `dataset` task) into your repository: then `cd FOLDER && dvc repro`."""
+    """Write a pipeline for your data (the `dataset` task) into your repository: then `cd DIR && dvc repro`."""
     from alol.tools.init import init_repository
 
     _reporting("init", init_repository, folder, data, data_format, columns, policy, force)
 
 
 @app.command(rich_help_panel=REPOSITORY_PANEL)
-def export(out: Path = typer.Argument(..., help="Folder for the standalone checkpoint (must not exist, unless "
+def export(out: Path = typer.Argument(..., metavar="OUT", help="Folder for the standalone checkpoint (must not exist, unless "
                                       "--force)."),
            model: Path = typer.Option(Path("models/policy"), help="The trained policy: a LoRA adapter or a full model."),
            params: Path = typer.Option(Path("params.yaml"), help="The params it was trained with (for its model card)."),

@@ -53,8 +53,6 @@ DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt"
 HEADER = ("# Your data through alol's `dataset` task, written by `alol init` (alol {version}). Every stage\n"
           "# reads `base:` and its own section; each section is a dataclass whose docstrings are the reference\n"
           "# (alol/tasks/dataset.py for `clean:`). Change a setting, then `dvc repro` (or `dvc exp run -S key=value`).\n")
-REPLACED = ("task", "download", "clean")
-"""The sections of alol's params.yaml that init writes itself; the others are copied as they are."""
 
 
 def init_repository(folder: Path, data: str, data_format: str = "auto", columns: str = "", policy: str = "wheel",
@@ -99,7 +97,9 @@ def data_source(folder: Path, data: str) -> tuple[str, Path | None]:
     path = Path(data).expanduser()
     if path.exists():
         path = path.resolve()
-        if path == folder or folder not in path.parents:
+        if path == folder or path in folder.parents:
+            raise AlolError(f"--data {data}: is the repository's folder (or holds it); name the data file or folder.")
+        if folder not in path.parents:
             return f"{DATA_FOLDER}/{path.name}", path
         return path.relative_to(folder).as_posix(), None
     if not _hub_id(data):
@@ -192,11 +192,10 @@ def _sections(text: str) -> list[tuple[str, str]]:
 def check_params(text: str) -> dict:
     """The params check every stage runs, on the file init would write (its clean section first, so an error
     names the option that set it)."""
-    from alol.core.params import from_dict, load_params
-    from alol.pipeline import _task
+    from alol.core.params import from_dict, load_params, section_class
 
     params = yaml.safe_load(text)
-    from_dict(_task("dataset").config, params["clean"], "alol init (--data, --format, --columns): clean")
+    from_dict(section_class("clean", "dataset"), params["clean"], "alol init (--data, --format, --columns): clean")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "params.yaml").write_text(text)
         load_params(Path(tmp) / "params.yaml")
@@ -300,7 +299,8 @@ def _report(echo, folder, params, source, copy_from, copied, written, first_comm
     from alol.rewards import reward_configs
 
     if copy_from is not None:
-        where = f"{source}, {'copied from' if copied else 'as'} {copy_from}" + (" (tracked with dvc add)" if copied else "")
+        where = f"{source}, {'copied from' if copied else 'already a copy of'} {copy_from}" + (
+            " (tracked with dvc add)" if copied else "")
     elif (folder / source).exists():
         where = f"{source} (in the repository, used where it is)"
     else:
