@@ -86,10 +86,20 @@ def test_pyproject_installs_every_package_and_the_stages():
 
 def test_the_built_wheel_runs_the_stages_from_anywhere(tmp_path):
     """A non-editable install (the wheel) has the stages, the alol command and the params alol init writes."""
+    import shutil
     import zipfile
 
+    # built from a copy of the repository's files (links kept as links): an in-tree build would reuse build/
+    source = tmp_path / "source"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout
+    for name in filter(None, files.split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name, follow_symlinks=False)
+    assert (source / "alol" / "params.yaml").is_symlink()
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(tmp_path / "dist")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=source, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     wheel, = (tmp_path / "dist").glob("alol-*.whl")
     with zipfile.ZipFile(wheel) as zf:
