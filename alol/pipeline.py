@@ -215,7 +215,7 @@ def task_asset_deps(task: str, params: dict) -> dict[str, list[str]]:
 
     record = _task(task)
     clean = from_dict(record.config, params.get("clean") or {}, "params.yaml: clean")
-    deps = {"clean": [f"data/assets/{name}" for name in record.assets(clean)]}
+    deps = {"clean": [*record.data(clean), *(f"data/assets/{name}" for name in record.assets(clean))]}
     if (params.get("train_reference") or {}).get("source", "train") == "train":
         deps["train_reference"] = ["data/assets/policy"]
     return deps
@@ -331,7 +331,7 @@ def _calls_load_reward(path: Path) -> bool:
 def stage_entry(stage: Stage, params: dict, prefix: str = "", installed: bool = False) -> dict:
     """The stage as its dvc.yaml entry for the pipeline whose params.yaml is `params`; `prefix` leads every
     repository path ('../../' in pipelines/<name>). `installed`: for a user's repository (`alol init`)."""
-    task = params.get("task", "chitchat")
+    task = params.get("task", "dataset")
     deps = ([VERSION_FILE] if installed else [prefix + d for d in code_deps(stage)]) + list(stage.inputs)
     if stage.fits_reward:
         deps += reward_fit_deps(params)

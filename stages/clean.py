@@ -2,7 +2,7 @@
 
     python stages/clean.py data/assets data/clean results/clean/stats.json
 
-The reader is the `task:` param's record (alol/tasks: chitchat by default, hh, reddit, wow, comet);
+The reader is the `task:` param's record (alol/tasks: dataset by default, hh, reddit, wow, comet);
 every table it returns is checked (alol/tasks/base.py: check_table). A task's extra tables (reddit:
 train_replies.parquet, the train replies the tf-idf diversity is fit on) are written next to the splits.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from alol.core.io import write_json, write_parquet
+from alol.core.io import write_all
 from alol.core.params import BaseConfig, load_params, section
 from alol.core.stage import stage
 from alol.tasks import TASKS
@@ -25,9 +25,8 @@ def main(assets: Path = typer.Argument(..., help="Output folder of the download 
     p = load_params(params)
     task = TASKS[p["task"]]
     splits, stats, extra = task.tables(assets, section(p, "clean", task.config), section(p, "base", BaseConfig))
-    for name, frame in {**extra, **splits}.items():
-        write_parquet(frame, out / f"{name}.parquet")
-    write_json(stats, stats_path)
+    # all or nothing: a failure leaves no split of this run beside another run's
+    write_all({**{out / f"{name}.parquet": frame for name, frame in {**extra, **splits}.items()}, stats_path: stats})
     print(f"rows: {stats['rows']}  dropped: {stats['dropped']}")
 
 

@@ -39,7 +39,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         frame = frame[np.sort(np.random.default_rng(base.seed).choice(frame.height, cfg.rows, replace=False))]
     tokenizer = load_tokenizer(reference)
     model = load_frozen(reference, section(p, "model", ModelConfig))
-    if TASKS[p["task"]].provides("candidates"):  # the data has its own second reply (HH): candidate 1, nothing generated
+    task = TASKS[p["task"]]
+    if task.provides("candidates", frame):  # the data has its own second reply (HH): candidate 1, nothing generated
         generated = [c[1] for c in frame["candidates"].to_list()]
         generated_reward = np.array([r[1] for r in frame["candidate_rewards"].to_list()])
         generated_raw = np.array([r[1] for r in frame["candidate_raw_rewards"].to_list()])
@@ -54,7 +55,8 @@ def main(annotated: Path = typer.Argument(..., help="Folder with the annotated t
         examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, base.max_completion_tokens)
         token_logps, _ = forward_rows(model, examples, tokenizer.pad_token_id, want_states=False)
         logps[name] = [float(np.sum(t)) for t in token_logps]
-    pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"], generated_raw)
+    pairs = order_pairs(frame, generated, generated_reward, logps["data"], logps["generated"], generated_raw,
+                        keep_order=task.candidates_ranked and task.provides("candidates", frame))
     if not is_main_process():
         return
     write_parquet(pairs, out)

@@ -69,8 +69,7 @@ def run_stage(script: str, *args, cwd: Path = REPO, check: bool = False, process
 
 
 TINY_PARAMS = {  # the real default pipeline, sized to run in CI in a few minutes
-    "clean": {"validation_conversations": 20, "test_conversations": 20,
-              "max_rows": {"train": 48, "validation": 16, "test": 16}},
+    "clean": {"splits": {"validation": 20, "test": 20, "rows": {"train": 48, "validation": 16, "test": 16}}},
     "train_reference": {"steps": 2, "train": {"batch_size": 4, "micro_batch_size": 2}},
     "estimate_value": {"generation": {"max_new_tokens": 6}, "epochs": 3},
     "sample": {"rows": 8, "generation": {"max_new_tokens": 6}},

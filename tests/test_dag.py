@@ -183,14 +183,16 @@ def asset_deps(path: Path) -> dict[str, list[str]]:
 
 def test_asset_deps_per_task():
     """Worked out by hand from what each task's reader and each reward type read (the old hand-kept table)."""
-    chitchat_reward = ["data/assets/minilm", "data/assets/toxicity"]  # relevance (MiniLM), safety (Jigsaw BiLSTM)
+    default_reward = ["data/assets/minilm", "data/assets/toxicity"]  # relevance (MiniLM), safety (Jigsaw BiLSTM)
     scoring = ("annotate", "estimate_value", "sample", "finetune", "evaluate_reference", "evaluate")
-    root = {"clean": ["data/assets/chitchat", "data/assets/policy"], "train_reference": ["data/assets/policy"],
-            **{name: chitchat_reward for name in scoring}}
+    # the dataset task reads its source where it is (here the messages file download writes) and the policy
+    chats = "data/assets/chitchat/conversations.jsonl"
+    root = {"clean": [chats, "data/assets/policy"], "train_reference": ["data/assets/policy"],
+            **{name: default_reward for name in scoring}}
     assert asset_deps(REPO / "dvc.yaml") == root
     # noisy: the root's, and clean mixes in the Kaggle insults that download.insults fetches
     assert asset_deps(REPO / "pipelines" / "noisy" / "dvc.yaml") == {
-        **root, "clean": ["data/assets/chitchat", "data/assets/insults", "data/assets/policy"]}
+        **root, "clean": [chats, "data/assets/insults", "data/assets/policy"]}
     # the other tasks' rewards are hub ids / folders used in place: no reward assets
     assert asset_deps(REPO / "pipelines" / "hh" / "dvc.yaml") == {"clean": ["data/assets/hh"]}
     # reddit's reference is an NLL run from the downloaded policy (a dep the hand-kept file lacked)
@@ -271,7 +273,7 @@ def test_pipeline_tests_copy_new_top_level_files(tmp_path, monkeypatch):
 def test_unknown_task_names_the_known_ones():
     from alol.core.errors import AlolError
 
-    with pytest.raises(AlolError, match="task: 'nope'.*chitchat, hh, reddit, wow, comet"):
+    with pytest.raises(AlolError, match="task: 'nope'.*dataset, hh, reddit, wow, comet"):
         pipeline.task_asset_deps("nope", {})
 
 

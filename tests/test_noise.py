@@ -3,17 +3,18 @@ splits untouched, and bad input named."""
 
 from __future__ import annotations
 
-import json
+import tempfile
 
 import polars as pl
 import pytest
+import yaml
 
-from alol.tasks.chitchat import CleanConfig, build_splits, load_conversations
+from alol.tasks.dataset import DatasetConfig, build_splits, load, read_rows
 from alol.tasks.noise import NoiseConfig, add_noise, decode_comment, load_insults
 from alol.core.errors import AlolError
-from alol.core.params import BaseConfig
-from conftest import run_stage
-from test_clean import synthetic
+from alol.core.params import BaseConfig, from_dict
+from conftest import build_tokenizer, run_stage
+from test_clean import ROOT_CLEAN, chitchat_file, synthetic
 
 CSV = "\n".join([
     ",Comment,Date,Insult,Usage",
@@ -77,39 +78,38 @@ def test_insults_too_long_for_the_token_limit_are_refused():
 
 
 def test_only_the_train_split_gets_noise(tiny_tokenizer, tmp_path):
-    path = tmp_path / "dataset.json"
-    path.write_text(json.dumps(synthetic()))
-    clean_cfg = CleanConfig(validation_conversations=5, test_conversations=5, max_rows={"train": 0})
-    noisy_cfg = CleanConfig(validation_conversations=5, test_conversations=5, max_rows={"train": 0},
-                            noise=NoiseConfig(fraction=0.5, insult_share=1.0))
-    clean, _ = build_splits(load_conversations(path), tiny_tokenizer, clean_cfg, BaseConfig(seed=3))
-    noisy, stats = build_splits(load_conversations(path), tiny_tokenizer, noisy_cfg, BaseConfig(seed=3),
-                                insults=["you utter fool"] * 40)
+    source = chitchat_file(synthetic(), tmp_path / "c.jsonl", tmp_path / "work")
+    settings = {**ROOT_CLEAN, "source": str(source), "splits": {"validation": 5, "test": 5}}
+    clean_cfg = from_dict(DatasetConfig, settings, "clean")
+    noisy_cfg = from_dict(DatasetConfig, {**settings, "noise": {"fraction": 0.5, "insult_share": 1.0}}, "clean")
+    base = BaseConfig(seed=3)
+    with tempfile.TemporaryDirectory() as cache:  # the same reply rows for both: only the noise differs
+        frame, fmt, read = read_rows(load(clean_cfg, cache), clean_cfg, tiny_tokenizer, base, cache)
+    clean, _ = build_splits(frame, fmt, clean_cfg, base, read)
+    noisy, stats = build_splits(frame, fmt, noisy_cfg, base, read, insults=["you utter fool"] * 40,
+                                count_tokens=words)
     assert stats["noise"] == {"clean": 30, "insult": 30, "misaligned": 0}  # 60 train rows x 0.5
     assert noisy["validation"].equals(clean["validation"]) and noisy["test"].equals(clean["test"])
     assert (noisy["train"]["completion"] != clean["train"]["completion"]).sum() == 30
+    assert "noise" not in clean["train"].columns and "noise" not in noisy["test"].columns
 
 
 def test_clean_stage_reads_the_insults_from_the_assets(tmp_path):
-    assets = tmp_path / "assets"
-    (assets / "chitchat").mkdir(parents=True)
-    (assets / "insults").mkdir()
-    (assets / "chitchat" / "dataset.json").write_text(json.dumps(synthetic(12)))
+    assets = tmp_path / "data" / "assets"
+    chitchat_file(synthetic(12), tmp_path / ROOT_CLEAN["source"], tmp_path / "work")
+    (assets / "insults").mkdir(parents=True)
     (assets / "insults" / "fulltrain.csv").write_text(CSV)
-    from conftest import build_tokenizer
-
-    build_tokenizer().save_pretrained(assets / "policy")
-    (tmp_path / "params.yaml").write_text(
-        "clean:\n  validation_conversations: 3\n  test_conversations: 3\n  max_rows: {train: 0}\n"
-        "  noise: {fraction: 0.25, insult_share: 0.5}\n")
-    proc = run_stage("clean.py", assets, tmp_path / "out", tmp_path / "stats.json", "--params", tmp_path / "params.yaml")
+    build_tokenizer(assets / "policy")
+    clean = {**ROOT_CLEAN, "splits": {"validation": 3, "test": 3}, "noise": {"fraction": 0.25, "insult_share": 0.5}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"task": "dataset", "clean": clean}))
+    proc = run_stage("clean.py", "data/assets", "out", "stats.json", "--params", "params.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     train = pl.read_parquet(tmp_path / "out" / "train.parquet")
     assert train.height == 18 and train["noise"].value_counts().sort("noise").rows() == [
         ("clean", 14), ("insult", 2), ("misaligned", 2)]  # 18 x 0.25 = 4.5 -> 4 (round half to even), half each
+    assert set(train.filter(pl.col("noise") == "insult")["completion"]) == {"You are an idiot.", "shut up you clown"}
     assert "noise" not in pl.read_parquet(tmp_path / "out" / "test.parquet").columns
     (assets / "insults" / "fulltrain.csv").unlink()
-    proc = run_stage("clean.py", assets, tmp_path / "out2", tmp_path / "stats2.json", "--params",
-                     tmp_path / "params.yaml")
+    proc = run_stage("clean.py", "data/assets", "out2", "stats2.json", "--params", "params.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and "download.insults: true" in proc.stderr
-    assert not (tmp_path / "out2").exists()
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "stats2.json").exists()

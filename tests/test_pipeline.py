@@ -44,7 +44,8 @@ def test_no_conversation_in_two_splits(tiny_pipeline):
 
 def test_metrics_written(tiny_pipeline):
     stats = json.loads((tiny_pipeline / "results" / "clean" / "stats.json").read_text())
-    assert stats["pairs"] == 131569  # every (context -> next turn) pair in the BYU Chit-Chat data
+    assert stats["read"] == {"train": 7168}  # the BYU Chit-Chat conversations, one file
+    assert stats["replies"] == 131569  # every turn after a conversation's first: a (context -> next turn) pair
     assert stats["rows"] == {"train": 48, "validation": 16, "test": 16}
     rewards = json.loads((tiny_pipeline / "results" / "annotate" / "reward_stats.json").read_text())
     assert set(rewards) == {"train", "validation", "test"}

@@ -200,15 +200,15 @@ def test_the_registry_lists_every_type_module_under_its_name():
 def test_asset_and_fit_deps_come_from_the_records():
     from alol.rewards import asset_deps, fit_deps, needed_columns
 
-    chitchat = reward_configs({"rewards": {"safety": {}, "positivity": {}, "relevance": {}, "diversity": {}}})
-    assert asset_deps(chitchat) == ["data/assets/toxicity", "data/assets/minilm"]
+    default = reward_configs({"rewards": {"safety": {}, "positivity": {}, "relevance": {}, "diversity": {}}})
+    assert asset_deps(default) == ["data/assets/toxicity", "data/assets/minilm"]
     assert asset_deps() == ["data/assets/toxicity", "data/assets/minilm"]  # every type's
-    assert asset_deps(chitchat, "assets") == ["assets/toxicity", "assets/minilm"]
+    assert asset_deps(default, "assets") == ["assets/toxicity", "assets/minilm"]
     reddit = reward_configs({"rewards": {"depth": {"type": "dialog_rpt", "model": "m"},
                                          "tfidf": {"type": "diversity", "fit_on": "data/clean/train_replies.parquet"}}})
     assert asset_deps(reddit) == [] and fit_deps(reddit) == ["data/clean/train_replies.parquet"]
-    assert fit_deps(chitchat) == []
-    assert needed_columns(chitchat) == ["completion", "context"]
+    assert fit_deps(default) == []
+    assert needed_columns(default) == ["completion", "context"]
     assert needed_columns(reddit) == ["prompt", "completion"]
 
 

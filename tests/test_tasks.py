@@ -11,8 +11,9 @@ import pytest
 
 import alol.tasks
 from alol.core.errors import AlolError
-from alol.core.params import BaseConfig, SCALARS, section_class
+from alol.core.params import BaseConfig, SCALARS, from_dict, section_class
 from alol.tasks import HELPERS, REQUIRED, TASKS, Task, check_splits, check_table
+from alol.tasks.dataset import SplitConfig
 from conftest import REPO, build_tokenizer
 
 
@@ -29,7 +30,8 @@ def test_every_task_module_is_registered_and_nothing_else():
 
 
 def test_params_read_the_registry():
-    assert list(TASKS)[0] == SCALARS["task"][0] == "chitchat"  # the default task
+    assert list(TASKS) == ["dataset", "hh", "reddit", "wow", "comet"]
+    assert list(TASKS)[0] == SCALARS["task"][0] == "dataset"  # the default task
     for name, task in TASKS.items():
         assert section_class("clean", name) is task.config
 
@@ -44,17 +46,37 @@ def test_params_import_no_task_module():
 
 
 def test_asset_deps_are_the_pipelines_clean_deps():
-    chitchat = TASKS["chitchat"]
-    noisy = chitchat.config()
+    dataset = TASKS["dataset"]
+    noisy = dataset.config()
     noisy.noise.fraction = 0.5
-    assert chitchat.assets(chitchat.config()) == ("chitchat", "policy")
-    assert chitchat.assets(noisy) == ("chitchat", "insults", "policy")  # pipelines/noisy
+    assert dataset.assets(dataset.config()) == ("policy",)  # the data is read where it is: a dep of its own
+    assert dataset.assets(noisy) == ("insults", "policy")  # pipelines/noisy
+    noisy.noise.insult_share = 0.0  # only misaligned replies: no insults read
+    assert dataset.assets(noisy) == ("policy",)
     assert {n: TASKS[n].assets(TASKS[n].config()) for n in ("hh", "reddit", "wow", "comet")} == {
         "hh": ("hh",), "reddit": ("policy", "reddit"), "wow": ("policy", "wow"), "comet": ("comet",)}
 
 
+def test_data_deps_are_the_local_source():
+    """The dataset task's source, where it is a path, is a dep of clean; a hub id is not (clean.revision pins it)."""
+    dataset = TASKS["dataset"]
+    assert dataset.data(dataset.config()) == ("data/assets/chitchat/conversations.jsonl",)  # the default's
+    sources = {"my/data.parquet": ("my/data.parquet",), "train.jsonl": ("train.jsonl",),
+               "../shared/chats": ("../shared/chats",), "HuggingFaceH4/ultrachat_200k": (), "imdb": ()}
+    assert {s: dataset.data(dataset.config(source=s)) for s in sources} == sources
+    assert {n: TASKS[n].data(TASKS[n].config()) for n in ("hh", "reddit", "wow", "comet")} == {
+        "hh": (), "reddit": (), "wow": (), "comet": ()}
+
+
 def test_provides_answers_from_the_record():
-    assert TASKS["hh"].provides("candidates") and not TASKS["chitchat"].provides("candidates")
+    assert TASKS["hh"].provides("candidates") and TASKS["hh"].provides("candidates", pl.DataFrame({"x": [1]}))
+    dataset = TASKS["dataset"]
+    # a `sometimes` column: only where the table at hand has it (preference data, unpaired labels, noise)
+    pairs = pl.DataFrame({"candidates": [["a", "b"]], "label": [True], "noise": ["clean"]})
+    for column in ("candidates", "label", "noise"):
+        assert not dataset.provides(column) and not dataset.provides(column, pl.DataFrame({"x": [1]}))
+        assert dataset.provides(column, pairs)
+    assert dataset.provides("messages") and not dataset.provides("knowledge", pairs.with_columns(knowledge=pl.lit("k")))
     assert TASKS["wow"].provides("knowledge") and TASKS["reddit"].provides("split_name")
 
 
@@ -103,33 +125,52 @@ def test_a_group_in_two_splits_is_refused_unless_the_task_keeps_published_splits
 
 # --- every reader's tables pass the check (the declarations match what the readers write) -----
 
-def test_chitchat_tables_pass(tmp_path):
-    from test_clean import synthetic
+def test_dataset_tables_pass_on_the_default_data(tmp_path):
+    from test_clean import ROOT_CLEAN, chitchat_file, synthetic
 
     build_tokenizer(tmp_path / "policy")
-    (tmp_path / "chitchat").mkdir()
-    (tmp_path / "chitchat" / "dataset.json").write_text(json.dumps(synthetic(12)))
-    task = TASKS["chitchat"]
-    cfg = task.config(validation_conversations=2, test_conversations=2)
+    source = chitchat_file(synthetic(12), tmp_path / "chitchat" / "conversations.jsonl", tmp_path / "work")
+    task = TASKS["dataset"]
+    cfg = from_dict(task.config, {**ROOT_CLEAN, "source": str(source), "splits": {"validation": 2, "test": 2}}, "clean")
     splits, stats, extra = task.tables(tmp_path, cfg, BaseConfig())
-    assert set(splits) == {"train", "validation", "test"} and extra == {} and stats["conversations"] == 12
+    assert set(splits) == {"train", "validation", "test"} and extra == {} and stats["read"] == {"train": 12}
     assert splits["train"].schema["messages"] == alol.tasks.base.MESSAGES
+    assert splits["train"].columns == ["prompt_id", "group_id", "prompt", "completion", "context", "messages",
+                                       "prompt_tokens", "completion_tokens"]
 
 
-def test_noisy_chitchat_tables_pass(tmp_path):
-    from test_clean import synthetic
+def test_dataset_tables_pass_with_every_sometimes_column(tmp_path):
+    """Preference pairs (candidates) and unpaired labels: declared, typed as the record says."""
+    build_tokenizer(tmp_path / "policy")
+    task = TASKS["dataset"]
+    rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "split": s}
+            for i, s in enumerate(("train", "validation", "test"))]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = task.config(source=str(tmp_path / "pairs.jsonl"), splits=SplitConfig(column="split"))
+    splits, _, _ = task.tables(tmp_path, cfg, BaseConfig())
+    assert splits["test"]["candidates"].to_list() == [["c2", "r2"]] and task.provides("candidates", splits["test"])
+    labelled = [{"prompt": f"p{i}", "completion": f"c{i}", "label": i != 1, "split": s}
+                for i, s in enumerate(("train", "validation", "test"))]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labelled))
+    cfg = task.config(source=str(tmp_path / "labels.jsonl"), splits=SplitConfig(column="split"))
+    splits, _, _ = task.tables(tmp_path, cfg, BaseConfig())
+    assert splits["validation"]["label"].to_list() == [False] and not task.provides("candidates", splits["test"])
+
+
+def test_noisy_dataset_tables_pass(tmp_path):
+    from test_clean import ROOT_CLEAN, chitchat_file, synthetic
     from test_noise import CSV
 
     build_tokenizer(tmp_path / "policy")
-    (tmp_path / "chitchat").mkdir()
     (tmp_path / "insults").mkdir()
-    (tmp_path / "chitchat" / "dataset.json").write_text(json.dumps(synthetic(12)))
     (tmp_path / "insults" / "fulltrain.csv").write_text(CSV)
-    task = TASKS["chitchat"]
-    cfg = task.config(validation_conversations=3, test_conversations=3, max_rows={"train": 0})
-    cfg.noise.fraction = 0.25  # as test_noise's stage test: 4 of 18 train rows, 2 of them insults
+    source = chitchat_file(synthetic(12), tmp_path / "chitchat" / "conversations.jsonl", tmp_path / "work")
+    task = TASKS["dataset"]
+    cfg = from_dict(task.config, {**ROOT_CLEAN, "source": str(source), "splits": {"validation": 3, "test": 3},
+                                  "noise": {"fraction": 0.25}}, "clean")  # as test_noise's stage test
     splits, _, _ = task.tables(tmp_path, cfg, BaseConfig())
     assert "noise" in splits["train"].columns and "noise" not in splits["test"].columns
+    assert task.provides("noise", splits["train"]) and not task.provides("noise", splits["test"])
 
 
 def test_hh_tables_pass(tmp_path):

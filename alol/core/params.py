@@ -48,7 +48,7 @@ SECTIONS = {
     "finetune": "alol.algorithms.finetune:FinetuneConfig",
     "evaluate": "alol.evaluation.evaluate:EvaluateConfig",
 }
-SCALARS = {"task": ("chitchat", "alol.tasks:TASKS"),
+SCALARS = {"task": ("dataset", "alol.tasks:TASKS"),
            "algorithm": ("a_lol", "alol.algorithms:ALGORITHMS")}
 
 
@@ -59,7 +59,7 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def section_class(name: str, task: str = "chitchat"):
+def section_class(name: str, task: str = "dataset"):
     """The dataclass of top-level section `name` (`rewards`: the function that checks it)."""
     target = _resolve(SECTIONS[name])
     return target[task].config if isinstance(target, dict) else target  # a registry: the task's record

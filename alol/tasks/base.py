@@ -22,7 +22,7 @@ SPLITS = ("train", "validation", "test")
 REQUIRED = {"prompt_id": pl.String, "group_id": pl.String, "prompt": pl.String, "completion": pl.String,
             "context": pl.String}
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-"""A chat (chitchat's `messages`): what the chat template renders into the prompt."""
+"""A chat (the dataset task's `messages`): what the chat template renders into the prompt."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,17 @@ class Task:
     config_asset_deps: Callable[[Any], tuple[str, ...]] | None = None
     """More asset folders read only with some clean settings: f(clean config) -> folder names."""
     sometimes: tuple[str, ...] = ()
-    """Optional columns present only with some clean settings or in some splits (chitchat's `noise`:
+    """Optional columns present only with some clean settings or in some splits (the dataset task's `noise`:
     the train split with clean.noise on); every other declared column is in every split."""
+    config_columns: Callable[[Any], dict[str, Any]] | None = None
+    """More optional columns with some clean settings: f(clean config) -> name -> dtype (None: any dtype,
+    the data's own, e.g. the dataset task's `keep` columns). Always present when declared."""
+    data_deps: Callable[[Any], tuple[str, ...]] | None = None
+    """Paths outside data/assets its clean stage reads (the dataset task's local `source`): f(clean config)
+    -> paths relative to the pipeline's folder (DVC deps)."""
+    candidates_ranked: bool = False
+    """Candidate 0 is the data's own preferred reply: preference pairs keep the data's order (the dataset
+    task's chosen / rejected) instead of being ordered by the reward (hh's)."""
     extra_tables: tuple[str, ...] = ()
     """The names of the extra tables its build returns (data/clean/<name>.parquet, DVC outs of clean)."""
     reads_base: bool = True
@@ -59,19 +68,32 @@ class Task:
     """The task splits by group_id, so a group in two splits is a bug the check reports. False for tasks
     that keep their dataset's published splits, which are not made by group (the paper's setup)."""
 
-    def provides(self, column: str) -> bool:
-        """Whether this task's tables may carry optional `column` (e.g. hh's `candidates`)."""
-        return column in self.optional_columns
+    def provides(self, column: str, frame: pl.DataFrame | None = None) -> bool:
+        """Whether this task's tables carry optional `column` (e.g. hh's `candidates`): declared in its record,
+        and, for a column only some data or settings bring (`sometimes`: the dataset task's `candidates` with
+        preference data), present in `frame`, the table at hand."""
+        if column not in self.optional_columns:
+            return False
+        return column not in self.sometimes or (frame is not None and column in frame.columns)
 
     def assets(self, cfg: Any) -> tuple[str, ...]:
         """The asset folders the clean stage reads with clean config `cfg`, sorted."""
         more = self.config_asset_deps(cfg) if self.config_asset_deps else ()
         return tuple(sorted({*self.asset_deps, *more}))
 
+    def columns(self, cfg: Any = None) -> dict[str, Any]:
+        """The optional columns its tables may carry with clean config `cfg`, name -> dtype (None: any)."""
+        more = self.config_columns(cfg) if self.config_columns and cfg is not None else {}
+        return {**self.optional_columns, **more}
+
+    def data(self, cfg: Any) -> tuple[str, ...]:
+        """The paths outside data/assets the clean stage reads with clean config `cfg`."""
+        return tuple(self.data_deps(cfg)) if self.data_deps else ()
+
     def tables(self, assets: Path, cfg: Any, base) -> tuple[dict[str, pl.DataFrame], dict, dict[str, pl.DataFrame]]:
         """build(), then check_splits() on what it returned."""
         splits, stats, extra = self.build(Path(assets), cfg, base)
-        check_splits(self, splits)
+        check_splits(self, splits, cfg)
         if set(splits) != set(SPLITS) or set(extra) != set(self.extra_tables):
             raise AlolError(f"clean (task {self.name}): build() returned splits {sorted(splits)} and extra tables "
                             f"{sorted(extra)}; expected {list(SPLITS)} and {list(self.extra_tables)} (the Task "
@@ -83,37 +105,38 @@ def _fail(task: Task, split: str, message: str) -> AlolError:
     return AlolError(f"clean (task {task.name}): the {split} table {message}")
 
 
-def check_table(task: Task, split: str, frame: pl.DataFrame) -> None:
+def check_table(task: Task, split: str, frame: pl.DataFrame, cfg: Any = None) -> None:
     """The canonical-table contract: the REQUIRED columns with their dtypes and no nulls, every other
-    column declared in the task's optional_columns with its dtype, at least one row."""
+    column declared in the task's optional columns (for clean config `cfg`) with its dtype, at least one row."""
     where = f"alol/tasks/{task.name}.py"
     for column, dtype in REQUIRED.items():
         if column not in frame.columns:
             raise _fail(task, split, f"has no column {column!r}; every task's reader must write "
                         f"{', '.join(REQUIRED)} (fix build() in {where}).")
     if frame.height == 0:
-        raise _fail(task, split, "is empty; check download.source and the clean settings (max_rows, limits).")
-    declared = {**REQUIRED, **task.optional_columns}
+        raise _fail(task, split, "is empty; check the task's data source and its clean settings (rows per split, limits).")
+    optional = task.columns(cfg)
+    declared = {**REQUIRED, **optional}
     for column, dtype in frame.schema.items():
         if column not in declared:
             raise _fail(task, split, f"has column {column!r}, which the task does not declare; add it to "
                         f"optional_columns of the Task record in {where}.")
-        if dtype != declared[column]:
+        if declared[column] is not None and dtype != declared[column]:
             raise _fail(task, split, f"column {column!r} is {dtype}, expected {declared[column]} (the Task record "
                         f"in {where}).")
     for column in REQUIRED:
         nulls = frame[column].null_count()
         if nulls:
             raise _fail(task, split, f"column {column!r} has {nulls} null value(s); the reader must fill it.")
-    missing = [c for c in task.optional_columns if c not in frame.columns and c not in task.sometimes]
+    missing = [c for c in optional if c not in frame.columns and c not in task.sometimes]
     if missing:
         raise _fail(task, split, f"has no column(s) {missing}, which the task declares in {where}.")
 
 
-def check_splits(task: Task, splits: dict[str, pl.DataFrame]) -> None:
+def check_splits(task: Task, splits: dict[str, pl.DataFrame], cfg: Any = None) -> None:
     """check_table on every split; then, for a task that splits by group, no group_id in two splits."""
     for split, frame in splits.items():
-        check_table(task, split, frame)
+        check_table(task, split, frame, cfg)
     if not task.disjoint_groups:
         return
     seen: dict[str, str] = {}

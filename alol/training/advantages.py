@@ -11,7 +11,7 @@ from alol.core.errors import AlolError
 def candidate_rows(frame: pl.DataFrame, task) -> pl.DataFrame:
     """Data with several candidates per prompt (a task providing `candidates`, HH): one row per (prompt,
     candidate), `candidate` 0 being the preferred one that good_priority trains on; all_priority may use any."""
-    if not task.provides("candidates"):
+    if not task.provides("candidates", frame):
         return frame
     if "candidate_rewards" not in frame.columns or "candidate_raw_rewards" not in frame.columns:
         raise AlolError("train rows have `candidates` but no `candidate_rewards` / `candidate_raw_rewards`; "

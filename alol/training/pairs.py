@@ -31,15 +31,16 @@ class SampleConfig:
 
 def order_pairs(frame: pl.DataFrame, generated: list[str], generated_reward: np.ndarray,
                 ref_data_logp: list[float], ref_generated_logp: list[float],
-                generated_raw_reward: np.ndarray | None = None) -> pl.DataFrame:
+                generated_raw_reward: np.ndarray | None = None, keep_order: bool = False) -> pl.DataFrame:
     """(chosen, rejected) by reward; ties keep the data reply as chosen. Equal texts are dropped.
-    The raw rewards (PRO's temperature, alol.rewards.raw_reward) travel with them; None: the reward."""
+    The raw rewards (PRO's temperature, alol.rewards.raw_reward) travel with them; None: the reward.
+    keep_order: the data reply is always chosen (the data's own preference pairs, whatever the reward says)."""
     from alol.rewards import raw_reward
 
     data_reward = frame["reward"].to_numpy()
     data_raw = raw_reward(frame)
     generated_raw = generated_reward if generated_raw_reward is None else generated_raw_reward
-    data_wins = data_reward >= generated_reward
+    data_wins = np.ones(len(data_reward), dtype=bool) if keep_order else data_reward >= generated_reward
     out = pl.DataFrame({
         "prompt_id": frame["prompt_id"], "prompt": frame["prompt"],
         "chosen": np.where(data_wins, frame["completion"].to_numpy(), np.array(generated, dtype=object)),
