@@ -8,6 +8,9 @@ A stage's deps are computed, never typed: the code it runs (the import closure o
 (from the task's and the reward's records, given that pipeline's params.yaml). DVC still reads plain
 dvc.yaml files; only their text comes from here. Commands, outs, params, metrics and plots are the
 same in every pipeline; a task pipeline runs the root's stage scripts (../../stages/x.py).
+
+`alol init` renders the same graph for a user's own repository (`installed`): the stages run as the
+installed `alol <stage>` command, and `.alol/version` stands in for the library's code, which is not there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from alol.core.errors import AlolError
 
 REPO = Path(__file__).resolve().parents[1]
 RENDERED = "# Rendered by `python -m alol.pipeline render` from alol/pipeline.py: edit that, then render.\n"
+# The stage scripts: stages/ in this repository, alol/stages/ in an installed wheel (pyproject's package-dir).
+STAGE_FOLDER = next(p for p in (Path(__file__).resolve().parent / "stages", REPO / "stages") if p.is_dir())
+VERSION_FILE = ".alol/version"
+"""In a user's repository (`alol init`): the installed alol's version, a dep of every stage in place of the
+library's code (see alol/tools/init.py)."""
 # Packages whose modules a params string picks (`task:`, `rewards.<name>.type`): a stage that touches one
 # depends on all of its files, so a module chosen by name is covered too.
 REGISTRY_PACKAGES = ("alol/tasks", "alol/rewards")
@@ -51,6 +59,11 @@ class Stage:
     """Packages depended on whole although the imports may reach only part: finetune picks its algorithm
     family by `algorithm:`, and `dvc exp run -S algorithm=...` switches it without a re-render."""
     comment: str | None = None
+
+    @property
+    def command(self) -> str:
+        """The stage's `alol` subcommand: its script's name (evaluate_reference runs `alol evaluate`)."""
+        return Path(self.script).stem
 
 
 STAGES = (
@@ -292,7 +305,7 @@ def code_deps(stage: Stage) -> tuple[str, ...]:
     pipeline the library lies outside the DVC project, where no .dvcignore applies, so a folder dep would
     change whenever Python writes __pycache__ into it."""
     folders = (*REGISTRY_PACKAGES, *stage.covers)
-    runs = {p.relative_to(REPO).as_posix() for p in code_closure(REPO / "stages" / stage.script)}
+    runs = {p.relative_to(REPO).as_posix() for p in code_closure(STAGE_FOLDER / stage.script)}
     touched = set(stage.covers) | {f for f in folders for name in runs if name.startswith(f + "/")}
     deps = runs | {name for f in touched for name in package_files(f)}
     script = f"stages/{stage.script}"
@@ -304,7 +317,7 @@ def builds_reward(stage: Stage) -> bool:
     so that it reads the reward's assets. Computed like the code deps: a stage whose closure can reach
     load_reward gets the assets even where that call sits in a branch it does not take (train_reference
     and plan reach the algorithm families), which costs nothing, since their data already depends on them."""
-    return any(_calls_load_reward(path) for path in code_closure(REPO / "stages" / stage.script))
+    return any(_calls_load_reward(path) for path in code_closure(STAGE_FOLDER / stage.script))
 
 
 @functools.cache
@@ -315,11 +328,11 @@ def _calls_load_reward(path: Path) -> bool:
 
 # --- rendering -----------------------------------------------------------------------------------------
 
-def stage_entry(stage: Stage, params: dict, prefix: str = "") -> dict:
+def stage_entry(stage: Stage, params: dict, prefix: str = "", installed: bool = False) -> dict:
     """The stage as its dvc.yaml entry for the pipeline whose params.yaml is `params`; `prefix` leads every
-    repository path ('../../' in pipelines/<name>)."""
+    repository path ('../../' in pipelines/<name>). `installed`: for a user's repository (`alol init`)."""
     task = params.get("task", "dataset")
-    deps = [prefix + d for d in code_deps(stage)] + list(stage.inputs)
+    deps = ([VERSION_FILE] if installed else [prefix + d for d in code_deps(stage)]) + list(stage.inputs)
     if stage.fits_reward:
         deps += reward_fit_deps(params)
     deps += task_asset_deps(task, params).get(stage.name, [])
@@ -329,14 +342,15 @@ def stage_entry(stage: Stage, params: dict, prefix: str = "") -> dict:
     if stage.name == "clean":
         outs += task_clean_outs(task)
         params_used = list(task_clean_params(task))
-    return {"cmd": f"python {prefix}stages/{stage.script} {stage.args}",
+    command = f"alol {stage.command}" if installed else f"python {prefix}stages/{stage.script}"
+    return {"cmd": f"{command} {stage.args}",
             "deps": list(dict.fromkeys(deps)), "params": params_used,
             "outs": outs + [{path: {"cache": False}} for path in stage.uncached]}
 
 
-def pipeline(params: dict, prefix: str = "", texts: Texts = Texts()) -> dict:
+def pipeline(params: dict, prefix: str = "", texts: Texts = Texts(), installed: bool = False) -> dict:
     """A whole dvc.yaml as data."""
-    return {"stages": {s.name: stage_entry(s, params, prefix) for s in STAGES}, "metrics": list(METRICS),
+    return {"stages": {s.name: stage_entry(s, params, prefix, installed) for s in STAGES}, "metrics": list(METRICS),
             "plots": PLOTS, "artifacts": {
                 "policy": {"path": "models/policy", "type": "model", "desc": texts.policy},
                 "reference": {"path": "models/reference", "type": "model", "desc": texts.reference}}}
@@ -369,11 +383,11 @@ def _command(cmd: str, width: int = 112) -> str:
     return "\n".join(lines)
 
 
-def render_text(data: dict, texts: Texts = Texts()) -> str:
-    """dvc.yaml text: the header, one block per stage (a blank line apart, with its comment), then the
-    top-level sections. Parsing the text gives back `data` (checked)."""
+def render_text(data: dict, texts: Texts = Texts(), first_line: str = RENDERED) -> str:
+    """dvc.yaml text: `first_line` (how it was written), the header, one block per stage (a blank line apart,
+    with its comment), then the top-level sections. Parsing the text gives back `data` (checked)."""
     comments = {s.name: s.comment for s in STAGES}
-    parts = [RENDERED + "".join(f"# {line}".rstrip() + "\n" for line in texts.header.splitlines()) + "stages:"]
+    parts = [first_line + "".join(f"# {line}".rstrip() + "\n" for line in texts.header.splitlines()) + "stages:"]
     for name, entry in data["stages"].items():
         lines = [f"  {name}:" + (f"  # {comments[name]}" if comments[name] else ""), _command(entry["cmd"])]
         for key in ("deps", "params", "outs"):
@@ -408,6 +422,17 @@ def rendered(folder: Path, repo: Path = REPO) -> str:
                                     f"settings live in params.yaml beside this file.   cd pipelines/{key} && dvc repro")
     prefix = "../" * len(folder.relative_to(repo).parts)
     return render_text(pipeline(params, prefix, texts), texts)
+
+
+INSTALLED = Texts("Your data through alol's `dataset` task (params.yaml: clean.source): `dvc repro` runs it end to end,\n"
+                  "`dvc exp run -S algorithm=a_lol_kl` another algorithm. Each stage is `alol <stage>` (--help).")
+
+
+def installed_text(params: dict) -> str:
+    """The dvc.yaml `alol init` writes into a user's repository whose params.yaml is `params`; called with that
+    repository as the current folder (a local `clean.source` is a dep of clean: the task checks it exists)."""
+    first = "# Written by `alol init` from alol's stage graph (alol/pipeline.py); `alol init --force` rewrites it.\n"
+    return render_text(pipeline(params, texts=INSTALLED, installed=True), INSTALLED, first)
 
 
 # A task pipeline is a DVC project of its own (`dvc init --subdir`), so the root's `dvc metrics show`,

@@ -22,6 +22,7 @@ from alol.core.io import atomic_path, write_json
 from alol.core.params import BaseConfig, load_params, section
 from alol.core.stage import stage
 from alol.rewards.annotate import load_reward
+from alol.models.card import policy_card
 from alol.models.load import ModelConfig, load_tokenizer, save_policy, tokenizer_fingerprint
 
 
@@ -51,7 +52,8 @@ def main(advantages: Path = typer.Argument(..., help="The advantages stage's fol
     model, summary = run.algorithm.family.train(run)
     if is_main_process():
         with atomic_path(out) as tmp:
-            save_policy(model, tokenizer, tmp)
+            base = model.peft_config[model.active_adapter].base_model_name_or_path if hasattr(model, "peft_config") else None
+            save_policy(model, tokenizer, tmp, policy_card(p, strategy, base))  # base None: a full model
         run.finish()  # the checkpoint goes only once the policy is saved
         write_json({"algorithm": run.algorithm.name, "sampling_strategy": strategy, **summary}, results / "summary.json")
 

@@ -275,3 +275,21 @@ def test_unknown_task_names_the_known_ones():
 
     with pytest.raises(AlolError, match="task: 'nope'.*dataset, hh, reddit, wow, comet"):
         pipeline.task_asset_deps("nope", {})
+
+
+def test_installed_rendering_is_the_same_graph_run_by_the_alol_command():
+    """`alol init`'s dvc.yaml (a user's repository) is the same stage graph: each command `alol <script name>`
+    with the same arguments, the same data deps, params and outs, and .alol/version in place of the code deps
+    (alol's files are not in that repository)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    ours, installed = pipeline.pipeline(params), pipeline.pipeline(params, installed=True)
+    assert list(installed["stages"]) == list(ours["stages"])
+    assert {k: v for k, v in installed.items() if k != "stages"} == {k: v for k, v in ours.items() if k != "stages"}
+    for name, stage in installed["stages"].items():
+        mine = ours["stages"][name]
+        script = re.match(r"python stages/(\w+)\.py ", mine["cmd"]).group(1)
+        assert stage["cmd"] == mine["cmd"].replace(f"python stages/{script}.py", f"alol {script}")
+        assert stage["deps"] == [pipeline.VERSION_FILE] + [d for d in mine["deps"] if not d.startswith(("alol/", "stages/"))]
+        assert (stage["params"], stage["outs"]) == (mine["params"], mine["outs"])
+    text = pipeline.render_text(installed, pipeline.INSTALLED, "# first\n")
+    assert text.startswith("# first\n# Your data") and yaml.safe_load(text) == installed

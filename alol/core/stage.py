@@ -20,12 +20,16 @@ from rich.markup import escape
 from alol.core.errors import AlolError
 
 console = Console(stderr=True, soft_wrap=True)  # never break a path across lines
+COMMAND: str | None = None
+"""The command as the user typed it, for error messages: the `alol` command sets it (`alol clean`);
+None: the script's name (`clean` for `python stages/clean.py`)."""
 
 
 def exit_with_error(err: AlolError, where: str = "") -> NoReturn:
     """The one way a command reports a user error: `error (<command>)<where>: <message>` in red on
-    stderr, no traceback, exit status 1. Every stage (through `stage`) and alol.compare use it."""
-    console.print(f"[bold red]error[/] ({Path(sys.argv[0]).stem}){where}: {escape(str(err))}", highlight=False)
+    stderr, no traceback, exit status 1. Every stage (through `stage`), alol.compare and alol/cli.py use it."""
+    command = COMMAND or Path(sys.argv[0]).stem
+    console.print(f"[bold red]error[/] ({command}){where}: {escape(str(err))}", highlight=False)
     sys.exit(1)
 
 

@@ -95,10 +95,13 @@ def load_policy(path: str | Path, cfg: ModelConfig, adapter: str | Path | None =
     return place(model, "policy" if trainable else "frozen policy")
 
 
-def save_policy(model, tokenizer, out: Path) -> None:
-    """save_pretrained: a full model, or just the adapter for lora/qlora (safetensors)."""
+def save_policy(model, tokenizer, out: Path, card: str | None = None) -> None:
+    """save_pretrained: a full model, or just the adapter for lora/qlora (safetensors); `card`: its README.md
+    (instead of the template peft writes)."""
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    if card is not None:
+        (Path(out) / "README.md").write_text(card)
     config = Path(out) / "adapter_config.json"
     if config.exists():  # peft writes target_modules from a set: sort it so equal weights give equal files
         data = json.loads(config.read_text())
