@@ -106,7 +106,7 @@ def test_export_card_names_algorithm_base_data_reward_and_metrics(pipeline_folde
     assert f"task `{p['task']}`" in card
     assert "1 x safety + 1 x positivity + 1 x relevance + 1 x diversity" in card
     assert "## Evaluation (128 test prompts, alol's evaluate stage)" in card
-    assert "| 2.489 | +0.034 [-0.015, +0.085] | 0.480 | 0.077 | 0.435 | 11.836 |" in card
+    assert "| 2.489 | +0.034 [-0.015, +0.085] | 0.480 | 0.077 | 0.435 | 11.8 |" in card
 
 
 def test_export_without_evaluation_refusing_to_overwrite(pipeline_folder, tmp_path):

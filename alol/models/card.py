@@ -85,9 +85,9 @@ def export_card(params: dict, base: str, adapter: dict | None, metrics: dict | N
     if metrics is None:
         lines.append("Not evaluated (no results/evaluate/metrics.json when it was exported).")
     else:
-        def number(key, signed=False):
+        def number(key, signed=False, digits=3):
             value = metrics.get(key)
-            return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+            return "-" if value is None else f"{value:{'+' if signed else ''}.{digits}f}"
 
         gain = number("gain", signed=True)
         if metrics.get("gain_ci_low") is not None:
@@ -97,7 +97,7 @@ def export_card(params: dict, base: str, adapter: dict | None, metrics: dict | N
                   "| reward | gain vs pi_ref [95% CI] | win rate | KL(policy \u2016 pi_ref) | distinct-2 | words |",
                   "|---|---|---|---|---|---|",
                   f"| {number('reward')} | {gain} | {number('win_rate')} | {number('kl')} | {number('distinct_2')} | "
-                  f"{number('length_words')} |", "",
+                  f"{number('length_words', digits=1)} |", "",
                   "gain: the mean paired difference from pi_ref's reply to the same prompt, its interval a bootstrap "
                   "over the prompts; win rate: the share of prompts where this policy's reply scores higher (ties "
                   "half); KL: a Monte-Carlo estimate on sampled replies."]
