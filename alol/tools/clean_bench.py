@@ -40,6 +40,7 @@ import os
 import pstats
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,8 @@ class Shapes:
 
 # --- the data ---------------------------------------------------------------------------------------------
 
-def english_words(cache_dir: str = "~/.cache/alol/wheels", index_url: str | None = None) -> tuple[list[str], np.ndarray]:
+def english_words(cache_dir: str = "~/.cache/alol/wheels",
+                  index_url: str | None = None) -> tuple[list[str], np.ndarray]:
     """(words, probabilities): every word of the BYU Chit-Chat conversations (letters, digits and
     apostrophes, with the punctuation that follows it), with its share of all words."""
     from alol.core.fetch import fetch_wheel
@@ -272,13 +274,14 @@ def run_case(name: str, clean: dict, assets: Path, work: Path, profile_rows: int
     load_before = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CPU time of the cases before this one
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: stopped with its workers
     try:
         with TreeMemory(proc.pid) as memory:
             output, _ = proc.communicate()
     finally:
-        if proc.poll() is None:  # interrupted: stop the child (its map workers exit with it)
-            proc.kill()
+        if proc.poll() is None:  # interrupted: stop the child and its map workers
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -341,11 +344,11 @@ def child(case: Path, assets: Path, profile_rows: int) -> None:
     peak("write_parquet")
     # VmHWM, not getrusage's ru_maxrss: that one keeps the peak of the memory this process had before its exec
     # (the forked copy of the parent, which holds the generated data)
-    out = {"max_rss_gib": {"main": peaks["write_parquet"], "largest_worker": round(
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB, 3)},
-           "phases_s": phases, "main_max_rss_gib_after": peaks, "rows": stats["rows"], "read": stats["read"], "dropped": stats["dropped"],
-           "truncated": stats["truncated"], "parquet_mib": round(sum(
-               f.stat().st_size for f in (case / "clean").glob("*.parquet")) / (1 << 20), 1)}
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    parquet = sum(f.stat().st_size for f in (case / "clean").glob("*.parquet"))
+    out = {"max_rss_gib": {"main": peaks["write_parquet"], "largest_worker": round(workers / GIB, 3)},
+           "phases_s": phases, "main_max_rss_gib_after": peaks, "rows": stats["rows"], "read": stats["read"],
+           "dropped": stats["dropped"], "truncated": stats["truncated"], "parquet_mib": round(parquet / (1 << 20), 1)}
     if profiler:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
@@ -375,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child, args.assets, args.profile)
+    # a `kill` unwinds like Ctrl-C: the running case's child is stopped and the temporary folder removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.assets / "policy").is_dir():
         raise AlolError(f"{args.assets / 'policy'}: no policy folder; run `dvc repro download` first (or pass "
                         "--assets, a folder holding policy/).")
