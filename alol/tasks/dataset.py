@@ -14,8 +14,10 @@ writes as a `messages` file (data/assets/chitchat/conversations.jsonl).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -165,19 +167,17 @@ def _within(folder: Path, files):
     return [str(folder / f) for f in files] if isinstance(files, list) else str(folder / files)
 
 
-class _quiet_datasets:
+@contextlib.contextmanager
+def _quiet_datasets():
     """No progress bars from `datasets` in a stage's log (ours say what matters)."""
+    import datasets
 
-    def __enter__(self):
-        import datasets
-
-        self.was = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc):
-        import datasets
-
-        if self.was:
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
             datasets.enable_progress_bars()
 
 
@@ -687,12 +687,17 @@ def fetch(cfg: DownloadConfig, out: Path, work: Path) -> dict:
 def _data_deps(cfg: DatasetConfig) -> tuple[str, ...]:
     """The clean stage's deps besides the assets: the data, where it is a path (a hub id is pinned by
     clean.revision, a param)."""
-    return (cfg.source,) if _local(cfg.source) is not None or not _looks_like_hub_id(cfg.source) else ()
+    return (cfg.source,) if _local(cfg.source) is not None or not looks_like_hub_id(cfg.source) else ()
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    # "owner/name" or "name": no file extension, no leading ./ or /, at most one slash
-    return source.count("/") <= 1 and not source.startswith((".", "/", "~")) and Path(source).suffix == ""
+DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".gz", ".zst"}
+"""Endings that mark a path, never a hub id."""
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`owner/name` or `name` as the hub spells ids, without a data file's ending: the one rule for what a
+    missing path is taken for (here, and `alol init`'s --data and --policy)."""
+    return re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", name) is not None and Path(name).suffix.lower() not in DATA_SUFFIXES
 
 
 TASK = Task(

