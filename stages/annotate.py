@@ -25,13 +25,17 @@ def main(clean: Path = typer.Argument(..., help="Folder with the clean {train,va
     reward = load_reward(p, assets)
     sources = {name: str(clean / f"{name}.parquet") for name in SPLITS}
     splits = {name: read_parquet(path, ["prompt_id", "prompt", "completion", "context"]) for name, path in sources.items()}
-    tables, state, stats = annotate_splits(splits, reward, sources, TASKS[p["task"]])
+    tables, state, stats, files = annotate_splits(splits, reward, sources, TASKS[p["task"]])
     if not is_main_process():
         return
     # everything is computed first, then written together: a failure leaves no partial output
     write_all({**{out / f"{name}.parquet": frame for name, frame in tables.items()}, out / STATE_FILE: state,
-               stats_path: stats})
-    print({name: {col: round(s["mean"], 3) for col, s in split.items()} for name, split in stats.items()})
+               **{out / file: data for file, data in files.items()}, stats_path: stats})
+    print({name: {col: round(s["mean"], 3) for col, s in stats[name].items()} for name in SPLITS})
+    for name, fit in stats.get("stand_in", {}).items():  # a learned stand-in: how well it held out
+        print(f"stand-in of {name}: {fit['loss']}, l2 {fit['l2']:g}, held-out {fit['report']}")
+    if "dropped_missing_score" in stats:
+        print("dropped (no score):", stats["dropped_missing_score"])
 
 
 if __name__ == "__main__":

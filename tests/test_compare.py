@@ -207,3 +207,37 @@ def test_parse_seeds():
     assert cmp.parse_seeds("0, 1,2,") == [0, 1, 2]
     with pytest.raises(AlolError, match=r"--seeds '1\.5'"):
         cmp.parse_seeds("1.5")
+
+
+def test_redraw_gives_each_seed_its_own_reference_and_keeps_test_prompts(repo, monkeypatch):
+    """--redraw: every run also sets clean.splits.redraw=<seed> (a dataset-task pipeline), and each seed's
+    reference is its own. Seed s moves both the reference and a_lol's replies by the same shift(s), a_lol 0.5
+    above its reference on every prompt: paired by seed, the gain is exactly 0.5 with a zero-width interval
+    (against one shared reference the shifts would widen it), while the reward itself spreads over seeds."""
+    (repo / "params.yaml").write_text("task: dataset\nalgorithm: a_lol\n")
+    calls = []
+    shifts = {0: -0.25, 1: 0.0, 2: 0.25}
+    run = fake_experiment(repo, {"a_lol": 0.5}, lambda s: shifts[s], calls)
+
+    def with_reference(algorithm, root_, settings=()):
+        seed = int(next(s.split("=")[1] for s in settings if s.startswith("++plan.seed_offset=")))
+        assert f"++clean.splits.redraw={seed}" in settings
+        per_prompt(shifts[seed]).write_parquet(repo / "results" / "evaluate_reference" / "generations.parquet")
+        return run(algorithm, root_, settings)
+
+    monkeypatch.setattr(cmp, "run_experiment", with_reference)
+    frame = cmp.compare(["a_lol"], repo, repo / "results" / "compare", seeds=[0, 1, 2], redraw=True)
+    a_lol = frame.row(1, named=True)
+    assert (a_lol["gain"], a_lol["gain_ci_low"], a_lol["gain_ci_high"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert a_lol["reward_seed_sd"] == pytest.approx(0.25)
+    assert sorted(p.name for p in (repo / "results" / "compare" / "runs").glob("reference-*")) == [
+        "reference-seed0.parquet", "reference-seed1.parquet", "reference-seed2.parquet"]
+    shifted = per_prompt(0.0).with_columns(pl.Series("prompt_id", [f"q{i}" for i in range(8)]))
+    with pytest.raises(AlolError, match="reference seed 1: its test prompts differ"):
+        cmp.summarise({("a_lol", 1): per_prompt(0.5)}, [], {0: per_prompt(0.0), 1: shifted}, [], 100)
+
+
+def test_redraw_needs_the_dataset_task(repo):
+    (repo / "params.yaml").write_text("task: hh\nalgorithm: a_lol\n")
+    with pytest.raises(AlolError, match="--redraw redraws the dataset task's split"):
+        cmp.compare(["a_lol"], repo, repo / "results" / "compare", redraw=True)

@@ -234,6 +234,25 @@ def test_held_out_splits_by_group_are_disjoint_and_seeded(assets, tmp_path):
     assert len(ids) == 5 and ids == sorted(ids, key=lambda s: int(s.split("-")[1]))
 
 
+def test_redraw_draws_validation_and_train_rows_anew_and_keeps_test_exactly(assets, tmp_path):
+    """clean.splits.redraw (alol.compare --redraw): another seed's split, paired with seed 0 on the test rows."""
+    data = [{"id": f"g{i % 30}", "prompt": f"p{i}", "completion": f"c{i}"} for i in range(120)]
+    source = write_jsonl(tmp_path / "d.jsonl", data)
+    splits = {"validation": 5, "test": 5, "rows": {"train": 40, "validation": 12, "test": 12}}
+    zero, _ = clean(assets, source, columns={"group": "id"}, splits=splits)
+    again, _ = clean(assets, source, columns={"group": "id"}, splits={**splits, "redraw": 0})
+    assert all(zero[s].equals(again[s]) for s in zero)  # redraw 0 is the plain draw
+    for redraw in (1, 2):
+        other, stats = clean(assets, source, columns={"group": "id"}, splits={**splits, "redraw": redraw})
+        assert other["test"].equals(zero["test"]) and stats["splits"]["redraw"] == redraw
+        assert set(other["validation"]["group_id"]) != set(zero["validation"]["group_id"])
+        assert set(other["train"]["prompt_id"]) != set(zero["train"]["prompt_id"])
+        groups = {s: set(f["group_id"]) for s, f in other.items()}
+        assert not (groups["train"] & groups["validation"] or groups["train"] & groups["test"]
+                    or groups["validation"] & groups["test"])
+        assert [f.height for f in other.values()] == [40, 12, 12]
+
+
 def test_named_splits_from_data_files_in_a_folder(assets, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

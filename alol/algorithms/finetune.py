@@ -27,6 +27,15 @@ class FinetuneConfig:
     """DPO's beta."""
     pro_sft_weight: float = 0.05
     """PRO's weight of the NLL term on the best candidate."""
+    kto_beta: float = 0.1
+    """KTO's beta (the paper's and TRL's default)."""
+    kto_desirable_weight: float = 1.0
+    """KTO's lambda_D, the weight of a desirable reply's loss."""
+    kto_undesirable_weight: float = 1.0
+    """KTO's lambda_U, the weight of an undesirable reply's loss."""
+    kto_quantile: float = 0.5
+    """Without a `label` column, a reply is desirable for KTO when its reward is at or above this quantile of
+    the train rewards."""
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(learning_rate=1.0e-4, batch_size=8, micro_batch_size=4))
     """Optimiser, schedule and batching (train.eval_every turns periodic validation on)."""

@@ -156,5 +156,8 @@ ALGORITHMS = (
     Algorithm("a_lol_ref_free", OFFLINE, losses_a_lol_ref_free, (ADV,), "good_priority"),
     Algorithm("a_lol_seq", OFFLINE, losses_a_lol_seq, (ADV, REF), "good_priority", clipped=True),
     Algorithm("a_lol_kl", OFFLINE, losses_a_lol_kl, (ADV, REF), "good_priority", check=needs_kl_beta),
+    # reward-filtered fine-tuning (rejection-sampling SFT / RAFT / ReST's improve step): plain NLL on the replies
+    # at or above plan.rft_quantile of the train rewards, for plan.steps x the kept fraction (the plan's filter)
+    Algorithm("rft", OFFLINE, losses_nll, (), "reward_filtered"),
 )
 """The offline algorithms, in the order tables and sweeps list them (a new loss: its record here)."""

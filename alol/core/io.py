@@ -47,7 +47,8 @@ def write_json(data: object, path: str | Path) -> None:
 
 def write_all(outputs: dict[str | Path, object]) -> None:
     """Write a stage's outputs together: each to a temporary sibling first (a DataFrame as Parquet,
-    anything else as JSON), then all renamed into place. A failure in any write leaves none of them."""
+    bytes as they are, anything else as JSON), then all renamed into place. A failure in any write leaves
+    none of them."""
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data in outputs.items():
@@ -57,6 +58,8 @@ def write_all(outputs: dict[str | Path, object]) -> None:
             staged.append((tmp, path))
             if isinstance(data, pl.DataFrame):
                 data.write_parquet(tmp)
+            elif isinstance(data, bytes):
+                tmp.write_bytes(data)
             else:
                 tmp.write_text(json.dumps(data, indent=2) + "\n")
     except BaseException:

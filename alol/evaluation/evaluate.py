@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from alol.rewards.annotate import load_reward
+from alol.rewards.annotate import load_reward, reward_inputs
 from alol.core.errors import AlolError
 from alol.models.generate import GenerationConfig, generate
 from alol.evaluation.replies import generate_and_score
@@ -65,7 +65,8 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     tokenizer = load_tokenizer(policy)
     model = load_frozen(policy, model_cfg)
     prompts = test["prompt"].to_list()
-    scored = generate_and_score(model, tokenizer, test, load_reward(params, assets, annotated), cfg.generation,
+    reward = load_reward(params, assets, annotated)
+    scored = generate_and_score(model, tokenizer, test, reward, cfg.generation,
                                 base.max_prompt_tokens, base.seed, "test", f"{policy} test replies")
     replies, scores = scored.replies, scored.scores
     # log-probs of the replies (EOS included) under the policy
@@ -94,8 +95,12 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
     gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
     metrics = {"rows": test.height, "generated_tokens_per_second": scored.generated_tokens / scored.seconds,
+               "scored_by": reward.describe(),
                "generations": stats, "gold": {**reward_means(gold_rewards),
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
+    agreement = reward.agreement(reward_inputs(test, "test"))
+    if agreement:  # a learned stand-in scored the replies: how well it agrees with the data's own test scores
+        metrics["stand_in_agreement"] = agreement
     if baseline is not None:
         metrics["vs_baseline"] = compare_with(generations, baseline, base.seed, cfg.bootstrap_resamples)
     if task.provides("knowledge"):  # WoW / FaithDial: how much of each reply is copied from its knowledge
@@ -128,7 +133,11 @@ def headline(metrics: dict) -> dict:
     values = {"reward": generations["reward"], "gain": gain.get("gain"), "gain_ci_low": gain.get("ci_low"),
               "gain_ci_high": gain.get("ci_high"), "win_rate": gain.get("win_rate"), "kl": generations.get("kl"),
               "distinct_2": generations["distinct_2"], "length_words": generations["length_words"]}
-    return {k: values[k] for k in HEADLINE if values[k] is not None}
+    out = {k: values[k] for k in HEADLINE if values[k] is not None}
+    for name, agreement in metrics.get("stand_in_agreement", {}).items():  # how far to trust a learned reward
+        key = next(k for k in ("r2", "auc", "pairwise_accuracy") if k in agreement)
+        out[f"{name}_stand_in_test_{key}"] = agreement[key]
+    return out
 
 
 def compare_with(generations: pl.DataFrame, baseline: pl.DataFrame, seed: int, resamples: int,

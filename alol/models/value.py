@@ -2,7 +2,8 @@
 
 A frozen reference reads the prompt; one learned query attends over its last-layer states
 (8 heads, padding masked); dropout 0.1 before and after; Linear(d, 1); sigmoid scaled to the
-task's reward range. Fit by MSE to the reward of the reference's own greedy reply on validation
+task's reward range where the reward is bounded, else linear (centred and scaled on the fit targets: a
+log1p or z-scored score column, a learned reward's logit, a `python` reward have no range to squash into). Fit by MSE to the reward of the reference's own greedy reply on validation
 prompts. The rows are split by conversation (group_id) three ways: fit / select (picks the epoch;
 the reference picks by training MSE) / report (the fit quality in metrics.json), so neither
 held-out number sees a conversation trained on, and the reported one is not the one maximised.
@@ -54,11 +55,16 @@ class ValueConfig:
             raise ValueError(f"replies_per_prompt: {self.replies_per_prompt} greedy replies would all be the same; "
                              "set generation.do_sample: true")
     reward_range: list[float] | None = None
-    """[low, high] the value is squashed into; null infers it from the reward weights and each type's bounds."""
+    """[low, high] the value is squashed into; null infers it from the reward weights and each type's
+    bounds, and leaves the value unsquashed (linear) when a component has no known range."""
 
 
 class ValueHead(nn.Module):
-    def __init__(self, hidden_size: int, low: float, high: float, heads: int = 8, dropout: float = 0.1):
+    """low/high None: an unbounded reward, V = center + scale * score (center, scale: the fit targets' mean
+    and standard deviation, so the linear output starts at unit scale as the sigmoid's does)."""
+
+    def __init__(self, hidden_size: int, low: float | None, high: float | None, heads: int = 8, dropout: float = 0.1,
+                 center: float = 0.0, scale: float = 1.0):
         super().__init__()
         # the frozen LM's last-layer states are far from unit scale (SmolLM2: std 2, peaks of 50):
         # normalise them so that the head's fit does not start saturated
@@ -67,8 +73,17 @@ class ValueHead(nn.Module):
         self.attention = nn.MultiheadAttention(hidden_size, heads, batch_first=True)
         self.dropout_in, self.dropout_out = nn.Dropout(dropout), nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, 1)
-        self.register_buffer("low", torch.tensor(float(low)))
-        self.register_buffer("high", torch.tensor(float(high)))
+        self.bounded = low is not None
+        if self.bounded:  # (the bounded head's buffers keep their names: saved heads load as before)
+            self.register_buffer("low", torch.tensor(float(low)))
+            self.register_buffer("high", torch.tensor(float(high)))
+        else:
+            self.register_buffer("center", torch.tensor(float(center)))
+            self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.out.weight.device
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """states (B, L, d) of prompt tokens, mask (B, L) 1 on real tokens -> V (B,)."""
@@ -76,6 +91,8 @@ class ValueHead(nn.Module):
         pooled, _ = self.attention(self.query.expand(len(x), -1, -1), x, x, key_padding_mask=mask == 0,
                                    need_weights=False)
         score = self.out(self.dropout_out(pooled[:, 0])).squeeze(-1)
+        if not self.bounded:
+            return self.center + self.scale * score
         return self.low + (self.high - self.low) * torch.sigmoid(score)
 
     def predict(self, states: list[torch.Tensor]) -> np.ndarray:
@@ -87,8 +104,10 @@ class ValueHead(nn.Module):
 
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in self.state_dict().items()}, folder / "value_head.safetensors")
-        config = {"hidden_size": self.query.shape[-1], "low": float(self.low), "high": float(self.high),
-                  "heads": self.attention.num_heads, "dropout": self.dropout_in.p, **meta}
+        ends = {"low": float(self.low), "high": float(self.high)} if self.bounded else {
+            "low": None, "high": None, "center": float(self.center), "scale": float(self.scale)}
+        config = {"hidden_size": self.query.shape[-1], **ends, "heads": self.attention.num_heads,
+                  "dropout": self.dropout_in.p, **meta}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -96,7 +115,8 @@ class ValueHead(nn.Module):
         from safetensors.torch import load_file
 
         config = json.loads((folder / "config.json").read_text())
-        head = cls(config["hidden_size"], config["low"], config["high"], config["heads"], config["dropout"])
+        head = cls(config["hidden_size"], config["low"], config["high"], config["heads"], config["dropout"],
+                   config.get("center", 0.0), config.get("scale", 1.0))
         head.load_state_dict(load_file(folder / "value_head.safetensors"))
         return place(head.eval(), "value head"), config
 
@@ -104,7 +124,7 @@ class ValueHead(nn.Module):
 @torch.inference_mode()
 def predict(head: ValueHead, states: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
     head.eval()
-    device = head.low.device
+    device = head.device
     batches = (pad_right(states[i:i + batch_size], 0.0, torch.float32) for i in range(0, len(states), batch_size))
     return np.concatenate([head(*(t.to(device) for t in batch)).float().cpu().numpy()
                            for batch in batches]) if states else np.zeros(0)
@@ -127,20 +147,25 @@ def group_split(groups: list[str], heldout_fraction: float, seed: int) -> tuple[
     return tuple(np.flatnonzero(of_row == k) for k in (0, 1, 2))
 
 
-def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, groups: list[str], cfg: ValueConfig, low: float,
-                   high: float, seed: int) -> tuple[ValueHead, dict, list[dict]]:
+def fit_value_head(states: list[torch.Tensor], targets: np.ndarray, groups: list[str], cfg: ValueConfig,
+                   low: float | None, high: float | None, seed: int) -> tuple[ValueHead, dict, list[dict]]:
     """Train on the fit groups, keep the epoch with the lowest MSE on the select groups, report the
-    fit quality on the report groups (see group_split)."""
+    fit quality on the report groups (see group_split). low/high None: an unbounded (linear) head."""
     fit, select, report = group_split(groups, cfg.heldout_fraction, seed)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    head = place(ValueHead(states[0].shape[-1], low, high, cfg.heads, cfg.dropout), "value head")
+    spread = float(np.std(targets[fit])) or 1.0
+    head = place(ValueHead(states[0].shape[-1], low, high, cfg.heads, cfg.dropout, center=float(targets[fit].mean()),
+                           scale=spread), "value head")
     with torch.no_grad():  # start at the mean target: the fit begins at MSE = variance, not saturated
-        mean = float(np.clip((targets[fit].mean() - low) / (high - low), 1e-4, 1 - 1e-4))
         head.out.weight.zero_()
-        head.out.bias.fill_(float(np.log(mean / (1 - mean))))
+        if head.bounded:
+            mean = float(np.clip((targets[fit].mean() - low) / (high - low), 1e-4, 1 - 1e-4))
+            head.out.bias.fill_(float(np.log(mean / (1 - mean))))
+        else:  # center is the mean already
+            head.out.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate)
-    y = torch.tensor(targets, dtype=torch.float32, device=head.low.device)
+    y = torch.tensor(targets, dtype=torch.float32, device=head.device)
     select_states, select_y = [states[i] for i in select], targets[select]
     best, best_state, curve = float("inf"), None, []
     for epoch in range(cfg.epochs):
@@ -179,19 +204,18 @@ def fit_quality(pred: np.ndarray, target: np.ndarray, **extra) -> dict:
             **extra}
 
 
-def reward_range(cfg: ValueConfig, params: dict) -> tuple[float, float]:
-    """[low, high] of the task reward: given, or the weighted sum of each component's bounds (its type's record)."""
+def reward_range(cfg: ValueConfig, params: dict) -> tuple[float, float] | tuple[None, None]:
+    """[low, high] of the task reward: given, or the weighted sum of each component's bounds (its type's
+    record, for its settings); (None, None) when a component has no known range: the value is then linear."""
     from alol.core.errors import AlolError
-    from alol.rewards import reward_configs, reward_type
+    from alol.rewards import reward_bounds, reward_configs
 
     if cfg.reward_range is not None:
         if len(cfg.reward_range) != 2 or cfg.reward_range[0] >= cfg.reward_range[1]:
             raise AlolError(f"estimate_value.reward_range must be [low, high] with low < high, got {cfg.reward_range}.")
         return float(cfg.reward_range[0]), float(cfg.reward_range[1])
-    configs = reward_configs(params)
-    unbounded = [name for name, c in configs.items() if reward_type(c).bounds is None]
-    if unbounded:
-        raise AlolError(f"reward component(s) {unbounded} have no known range: set estimate_value.reward_range "
-                        "to [low, high] of the total reward.")
-    ends = [(c.weight * reward_type(c).bounds[0], c.weight * reward_type(c).bounds[1]) for c in configs.values()]
+    bounds = [(c.weight, reward_bounds(c)) for c in reward_configs(params).values()]
+    if any(b is None for _, b in bounds):  # squashing into a guessed range would distort the fit: stay linear
+        return None, None
+    ends = [(weight * low, weight * high) for weight, (low, high) in bounds]
     return sum(min(e) for e in ends), sum(max(e) for e in ends)

@@ -32,13 +32,13 @@ import numpy as np
 
 from alol.core.errors import AlolError
 from alol.core.shard import map_blocks
-from alol.rewards import (comet_critic, dialog_rpt, diversity, harper_fluency, hf_classifier, positivity, python,
-                          relevance, reward_model, safety, toxichat)
+from alol.rewards import (column, comet_critic, dialog_rpt, diversity, harper_fluency, hf_classifier, positivity,
+                          python, relevance, reward_model, safety, toxichat)
 from alol.rewards.components import Component, RewardConfig, RewardInputs, RewardType
 
 BLOCK_ROWS = 256  # rows per scoring call of every component (the unit dealt to processes)
 TYPE_MODULES = (safety, positivity, relevance, diversity, harper_fluency, reward_model, hf_classifier, dialog_rpt,
-                toxichat, comet_critic, python)
+                toxichat, comet_critic, python, column)
 REWARD_TYPES: dict[str, RewardType] = {m.REWARD_TYPE.name: m.REWARD_TYPE for m in TYPE_MODULES}
 """`type:` -> its record: the only place a reward type's name becomes code."""
 _BY_CONFIG = {record.config: record for record in REWARD_TYPES.values()}
@@ -74,6 +74,12 @@ def reward_config(name: str, settings: dict, where: str = "rewards") -> RewardCo
     return from_dict(record.config, settings, where)
 
 
+def reward_bounds(cfg: RewardConfig) -> tuple[float, float] | None:
+    """[low, high] of one component's scores under its settings (its record's `bounds`); None: unknown."""
+    bounds = reward_type(cfg).bounds
+    return bounds(cfg) if callable(bounds) else bounds
+
+
 def build_component(name: str, cfg: RewardConfig, assets: Path, where: str) -> Component:
     """The component of one `rewards:` entry, built by its type's record."""
     return reward_type(cfg).build(cfg, Path(assets), where)
@@ -97,18 +103,45 @@ class RewardFunction:
     def columns(self) -> list[str]:
         return [f"reward_{name}" for name in self.components] + ["reward"]
 
-    def fit(self, train: RewardInputs) -> dict:
-        """Fit components that learn from train data; return their state (JSON-serialisable)."""
+    def fit(self, train: RewardInputs, heldout: RewardInputs | None = None) -> dict:
+        """Fit components that learn from train data (`heldout`: validation rows to select on); return
+        their state (JSON-serialisable; `tensors()` holds their arrays)."""
         for name in self.fitted:
-            self.components[name].fit(train)
+            self.components[name].fit(train, heldout)
         return self.state()
 
     def state(self) -> dict:
         return {name: self.components[name].state() for name in self.fitted}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict, tensors: dict | None = None) -> None:
         for name in self.fitted:
             self.components[name].load_state(state.get(name))
+            own = {key.split(".", 1)[1]: value for key, value in (tensors or {}).items() if key.split(".", 1)[0] == name}
+            if own:
+                self.components[name].load_tensors(own)
+
+    def tensors(self) -> dict:
+        """The fitted components' arrays as {'<name>.<key>': tensor} (one safetensors file)."""
+        return {f"{name}.{key}": value for name in self.fitted for key, value in self.components[name].tensors().items()}
+
+    def unscorable(self, frame) -> np.ndarray:
+        """Rows of a data table whose own reply some component cannot score (a missing score)."""
+        masks = [m for m in (c.unscorable(frame) for c in self.components.values()) if m is not None]
+        return np.logical_or.reduce(masks) if masks else np.zeros(frame.height, bool)
+
+    def agreement(self, rows: RewardInputs) -> dict:
+        """{component: how its score of new text agrees with the data's own} for the components that have one."""
+        return {name: a for name, c in self.components.items() if (a := c.agreement(rows)) is not None}
+
+    def describe(self) -> str:
+        """The reward in words, as evaluate reports it: 'safety + positivity' or
+        'score (new text: a regression head on MiniLM, learned from the column)'."""
+        parts = []
+        for name, component in self.components.items():
+            weight = "" if self.weights[name] == 1 else f"{self.weights[name]:g} x "
+            extra = component.describe()
+            parts.append(f"{weight}{name}" + (f" ({extra})" if extra else ""))
+        return " + ".join(parts)
 
     def __call__(self, rows: RewardInputs, source: str = "", row_ids: list[str] | None = None,
                  description: str | None = "scoring", local: bool = False) -> dict[str, np.ndarray]:

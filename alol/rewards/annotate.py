@@ -14,18 +14,22 @@ from alol.rewards import RewardFunction, raw_reward, reward_configs
 from alol.rewards.components import FrameColumns, RewardInputs
 
 STATE_FILE = "reward_state.json"
+TENSORS_FILE = "reward_state.safetensors"
+"""The fitted components' arrays (a learned reward's head), when they have any. Its sha256 is in the
+JSON state, so the stages that depend on reward_state.json see a change of either."""
 
 
 def reward_inputs(frame: pl.DataFrame, split: str | None = None, stored_logits: list[float] | None = None,
-                  completions: list[str] | None = None) -> RewardInputs:
+                  completions: list[str] | None = None, candidate: int | None = None) -> RewardInputs:
     """The rows of a table to score: its replies (or `completions`, generated for its prompts) and
     every other column of each row (read only when a component asks for it). `stored_logits` and
-    `stored_scores` (the `stored_score` column) only for the data's own replies (completions=None)."""
+    `stored_scores` (the `stored_score` column) only for the data's own replies (completions=None).
+    `candidate`: k when `completions` are the data's own candidate k (else they are new text)."""
     own = completions is None
     return RewardInputs(frame["prompt"].to_list(), frame["completion"].to_list() if own else completions,
                         split=split, stored_logits=stored_logits,
                         stored_scores=frame["stored_score"].to_list() if own and "stored_score" in frame.columns
-                        else None,
+                        else None, candidate=0 if own else candidate,
                         columns=FrameColumns(frame.drop([c for c in ("prompt", "completion") if c in frame.columns])))
 
 
@@ -36,8 +40,37 @@ def load_reward(params: dict, assets: str | Path, annotated_dir: str | Path | No
         path = Path(annotated_dir) / STATE_FILE
         if not path.exists():
             raise AlolError(f"{path}: missing; run the annotate stage first.")
-        reward.load_state(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
+        reward.load_state(state, _read_tensors(Path(annotated_dir), state))
     return reward
+
+
+def _read_tensors(folder: Path, state: dict) -> dict:
+    import hashlib
+
+    expected = state.get("tensors_sha256") if isinstance(state, dict) else None
+    if expected is None:
+        return {}
+    path = folder / TENSORS_FILE
+    data = path.read_bytes() if path.exists() else b""
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise AlolError(f"{path}: missing or not the file {folder / STATE_FILE} was written with; rerun annotate "
+                        "(`dvc repro -f annotate`).")
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def state_files(state: dict, tensors: dict) -> tuple[dict, dict]:
+    """(the JSON state, {file name: bytes}) to write: the tensors as one safetensors file, hashed in the state."""
+    if not tensors:
+        return state, {}
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save({key: value.contiguous() for key, value in sorted(tensors.items())})
+    return {**state, "tensors_sha256": hashlib.sha256(data).hexdigest()}, {TENSORS_FILE: data}
 
 
 def distribution(values: np.ndarray) -> dict[str, float]:
@@ -47,11 +80,29 @@ def distribution(values: np.ndarray) -> dict[str, float]:
 
 
 def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction, sources: dict[str, str],
-                    task) -> tuple[dict[str, pl.DataFrame], dict, dict]:
-    """Fit the reward on train, score every split of `task` (its record: alol.tasks.TASKS). Returns
-    (tables, fitted state, stats)."""
-    state = reward.fit(reward_inputs(splits["train"], "train"))
+                    task) -> tuple[dict[str, pl.DataFrame], dict, dict, dict]:
+    """Drop the rows a component cannot score (a missing score), fit the reward on train (selecting on
+    validation where a component selects), score every split of `task` (its record: alol.tasks.TASKS).
+    Returns (tables, fitted state, stats, {file: bytes} of the fitted arrays)."""
+    dropped = {}
+    for name, frame in splits.items():
+        missing = reward.unscorable(frame)
+        if missing.any():
+            dropped[name] = int(missing.sum())
+            splits = {**splits, name: frame.filter(pl.Series(~missing))}
+            if splits[name].is_empty():
+                raise AlolError(f"{sources[name]}: no row of the {name} split has the reward's score column; "
+                                f"check clean.keep and rewards ({reward.where}).")
+    heldout = reward_inputs(splits["validation"], "validation") if "validation" in splits else None
+    state = reward.fit(reward_inputs(splits["train"], "train"), heldout)
+    state, files = state_files(state, reward.tensors())
     out, stats = {}, {}
+    if dropped:
+        stats["dropped_missing_score"] = dropped
+    learned = {name: {k: v for k, v in part.items() if k != "transform"} for name, part in state.items()
+               if isinstance(part, dict) and "report" in part}
+    if learned:  # a learned stand-in's fit, selection and held-out quality (alol/rewards/learned.py)
+        stats["stand_in"] = learned
     for name, frame in splits.items():
         ids = frame["prompt_id"].to_list()
         logits = _stored(frame, 0, task)
@@ -61,14 +112,15 @@ def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction, sou
         if task.provides("candidates", frame):  # every candidate's reward (pairs, all_priority) and raw reward (PRO)
             n = frame["candidates"].list.len().min()
             per = [scores] + [
-                reward(reward_inputs(frame, name, _stored(frame, k, task), [c[k] for c in frame["candidates"].to_list()]),
-                       source=f"{sources[name]} (candidate {k})", row_ids=ids) for k in range(1, n)]
+                reward(reward_inputs(frame, name, _stored(frame, k, task), [c[k] for c in frame["candidates"].to_list()],
+                                     candidate=k), source=f"{sources[name]} (candidate {k})", row_ids=ids)
+                for k in range(1, n)]
             out[name] = out[name].with_columns(
                 pl.Series("candidate_rewards", np.stack([s["reward"] for s in per], axis=1).tolist(),
                           dtype=pl.List(pl.Float64)),
                 pl.Series("candidate_raw_rewards", np.stack([raw_reward(s) for s in per], axis=1).tolist(),
                           dtype=pl.List(pl.Float64)))
-    return out, state, stats
+    return out, state, stats, files
 
 
 def _stored(frame: pl.DataFrame, k: int, task) -> list[float] | None:

@@ -55,9 +55,12 @@ class RewardInputs:
     def __init__(self, prompts: list[str], completions: list[str], contexts: list[str] | None = None, *,
                  split: str | None = None, stored_logits: list[float] | None = None,
                  stored_scores: list[float] | None = None, columns: Mapping[str, Sequence] | None = None,
-                 **named_columns: Sequence | None):
+                 candidate: int | None = None, **named_columns: Sequence | None):
         self.prompts, self.completions = prompts, completions
         self.split = split
+        self.candidate = candidate
+        """Which of the data's own replies these are: 0 the row's reply, k its candidate k (preference
+        data); None for any other text (a generated reply), which a score column does not describe."""
         """train / validation / test: a component may score the test split with another model."""
         self.stored_logits = stored_logits
         """Reward-model logits stored with the data for these very completions (HH), if any."""
@@ -93,14 +96,16 @@ class RewardInputs:
             columns = {name: pick(values) for name, values in self.columns.items()}
         return RewardInputs(pick(self.prompts), pick(self.completions), split=self.split,
                             stored_logits=pick(self.stored_logits), stored_scores=pick(self.stored_scores),
-                            columns=columns)
+                            columns=columns, candidate=self.candidate)
 
 
 class Component:
     """Base class: override `score`; `fit` / `state` / `load_state` only if the type's record says
-    it `fits` something on the train split."""
+    it `fits` something on the train split (`heldout`: the validation split's own replies, for a fit
+    that selects a setting on held-out rows); `tensors` / `load_tensors` for a fitted state of arrays
+    (saved as safetensors beside the JSON state)."""
 
-    def fit(self, train: RewardInputs) -> None:
+    def fit(self, train: RewardInputs, heldout: RewardInputs | None = None) -> None:
         pass
 
     def state(self) -> dict | None:
@@ -108,6 +113,26 @@ class Component:
 
     def load_state(self, state: dict | None) -> None:
         pass
+
+    def tensors(self) -> dict:
+        return {}
+
+    def load_tensors(self, tensors: dict) -> None:
+        pass
+
+    def unscorable(self, frame) -> "np.ndarray | None":
+        """Rows of a data table (polars) whose own reply this component cannot score (a missing score);
+        None: every row. annotate drops them and counts them per split."""
+        return None
+
+    def agreement(self, rows: RewardInputs) -> dict | None:
+        """On the data's own replies: how well the component's score of new text agrees with the
+        data's (a learned stand-in against its score column); None: nothing to compare."""
+        return None
+
+    def describe(self) -> str | None:
+        """What scores new text, where that is not the component itself (evaluate reports it)."""
+        return None
 
     def score(self, rows: RewardInputs) -> np.ndarray:
         raise NotImplementedError
@@ -142,8 +167,9 @@ class RewardType:
     """Its own settings (a RewardConfig subclass): a key of another type is an error for this one."""
     build: Callable[[Any, Path, str], Component]
     """(settings, the assets folder, where for errors) -> the component."""
-    bounds: tuple[float, float] | None
-    """Every score lies in [low, high] (the value head's range comes from these); None: unknown."""
+    bounds: tuple[float, float] | None | Callable[[Any], tuple[float, float] | None]
+    """Every score lies in [low, high] (the value head's range comes from these); None: unknown (the
+    value head is then linear); or settings -> either, where the settings decide (a column's transform)."""
     needs: Callable[[Any], tuple[str, ...]] = _reply_only
     """settings -> the row's columns it must have (`prompt`, `completion`, `context`, `turns`, ...)."""
     optional: tuple[str, ...] = ()

@@ -32,7 +32,7 @@ class Diversity(Component):
         self.idf: np.ndarray | None = None
         self.fit_on = fit_on
 
-    def fit(self, train: RewardInputs) -> None:
+    def fit(self, train: RewardInputs, heldout: RewardInputs | None = None) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         texts = train.completions

@@ -55,6 +55,10 @@ class SplitConfig:
     """Held out of train like `validation` when the data has no test split."""
     rows: dict[str, int] = dataclasses.field(default_factory=lambda: {"train": 0, "validation": 0, "test": 0})
     """Rows kept per split after the filters: a seeded random subset, in the data's order (0: all)."""
+    redraw: int = 0
+    """> 0: another draw of which groups are validation and which train rows are kept (`rows`), with the test
+    rows exactly those of redraw 0, so runs of several redraws stay paired on test prompts (alol.compare
+    --redraw: a seed that redraws the data, the reference and everything after it)."""
 
     def __post_init__(self):
         for key in (*self.names, *self.rows):
@@ -563,6 +567,11 @@ def assign_splits(frame: pl.DataFrame, cfg: DatasetConfig, seed: int, where: str
     for name, n in counts.items():
         assignment |= {g: name for g in order[start:start + n]}
         start += n
+    if cfg.splits.redraw and counts.get("validation"):  # the same test groups; validation drawn anew from the rest
+        rest = np.array([g for g in groups if assignment.get(g) != "test"], dtype=object)
+        rest = rest[np.random.default_rng([seed, cfg.splits.redraw]).permutation(len(rest))]
+        assignment = {g: "test" for g, name in assignment.items() if name == "test"}
+        assignment |= {g: "validation" for g in rest[:counts["validation"]]}
     moved = pl.col("group_id").replace_strict(assignment, default=None)
     frame = frame.with_columns(pl.when(pl.col("split") == "train").then(pl.coalesce(moved, pl.lit("train")))
                                .otherwise(pl.col("split")).alias("split"))
@@ -595,18 +604,19 @@ def build_splits(frame: pl.DataFrame, fmt: str, cfg: DatasetConfig, base: BaseCo
                         "check clean.columns and the format, or loosen the filters.")
     frame = _ids(frame, fmt)
     frame, split_info = assign_splits(frame, cfg, base.seed, where, found)
-    rng = np.random.default_rng(base.seed + 1)
     stats = {"format": fmt, "read": read, "replies": replies, "splits": split_info, "dropped": {}, "truncated": {},
              "available": {}, "rows": {}, "groups": {}}
+    if cfg.splits.redraw:
+        stats["splits"]["redraw"] = cfg.splits.redraw
+    picked = _subsets(frame, cfg, base.seed)
+    if cfg.splits.redraw:  # test exactly as without the redraw (its draw follows the other splits' sizes)
+        plain = dataclasses.replace(cfg, splits=dataclasses.replace(cfg.splits, redraw=0))
+        picked["test"] = _subsets(assign_splits(frame, plain, base.seed, where, found)[0], plain, base.seed)["test"]
     splits = {}
     for name in SPLITS:
-        part = frame.filter(pl.col("split") == name)
-        order = rng.permutation(part.height)  # drawn for every split, so one split's size never moves another's
+        part, fits, kept = picked[name]
         dropped.update(part["too_long"].drop_nulls().to_list())
-        fits = part["too_long"].is_null().to_numpy()
-        take = order[fits[order]]
-        limit = cfg.splits.rows.get(name, 0)
-        part = part[np.sort(take[:limit] if limit else take)]
+        part = part[kept]
         if part.height == 0:
             raise AlolError(f"{where}: the {name} split is empty after the filters (dropped: "
                             f"{dict(sorted(dropped.items()))}); loosen them or add data.")
@@ -626,6 +636,23 @@ def build_splits(frame: pl.DataFrame, fmt: str, cfg: DatasetConfig, base: BaseCo
         splits["train"], stats["noise"] = add_noise(splits["train"], insults or [], cfg.noise, base.seed + 2,
                                                     count_tokens, base.max_completion_tokens)
     return splits, stats
+
+
+def _subsets(frame: pl.DataFrame, cfg: DatasetConfig, seed: int) -> dict[str, tuple[pl.DataFrame, np.ndarray,
+                                                                                   np.ndarray]]:
+    """Each split's rows, which of them fit (too_long) and the sorted indices of those kept: the seeded
+    `splits.rows` draw among the rows that fit, one permutation per split in order, so one split's size never
+    moves another's draw."""
+    rng = np.random.default_rng([seed + 1, cfg.splits.redraw] if cfg.splits.redraw else seed + 1)
+    out = {}
+    for name in SPLITS:
+        part = frame.filter(pl.col("split") == name)
+        order = rng.permutation(part.height)
+        fits = part["too_long"].is_null().to_numpy()
+        take = order[fits[order]]
+        limit = cfg.splits.rows.get(name, 0)
+        out[name] = part, fits, np.sort(take[:limit] if limit else take)
+    return out
 
 
 def _reads_insults(cfg: DatasetConfig) -> bool:

@@ -9,7 +9,11 @@ Each run is `dvc exp run -S algorithm=<name> -S plan.seed_offset=<seed>`: only p
 evaluate rerun (the reference, value, advantages and the reference's own evaluation are cached), and
 every run stays in `dvc exp show`. A seed redraws the training plan (which rows each step trains on,
 and in which order); the test prompts are the same for every run, so all comparisons are paired on
-prompts. Per algorithm the table gives the mean test reward over seeds and its gain over the reference;
+prompts. That seed's spread is a lower bound: the split, the reference, the value and the advantages
+stay shared. `--redraw` makes a seed redraw them too (`-S clean.splits.redraw=<seed>`, the dataset task:
+which groups are validation and which train rows are kept, so the reference and every later stage
+rerun), with the test rows exactly those of seed 0 (checked here); each run's gain is then over its own
+seed's reference. Per algorithm the table gives the mean test reward over seeds and its gain over the reference;
 `--versus a_lol:nll,a_lol:wbc` (the default, where both ran) adds head-to-head rows. Every interval
 is a bootstrap over prompts and seeds (alol.evaluation.stats), and the p-values are Holm-corrected over all the
 comparisons the table makes. Outputs in --out: table.{csv,md,json} (per algorithm), versus.{csv,md},
@@ -139,27 +143,44 @@ def score_matrix(runs: dict[tuple[str, int], pl.DataFrame], algorithm: str, colu
                      if name == algorithm], dtype=float)
 
 
-def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], reference: pl.DataFrame,
-              versus: list[tuple[str, str]], resamples: int) -> tuple[list[dict], list[dict], list[dict]]:
+def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict],
+              reference: pl.DataFrame | dict[int, pl.DataFrame], versus: list[tuple[str, str]],
+              resamples: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Per algorithm (mean over seeds, gain over the reference), head to head, and per component;
-    Holm over every test of the total reward the first two make."""
+    Holm over every test of the total reward the first two make. `reference`: one table of the reference's
+    test replies, or one per seed (--redraw: each seed has its own reference), the seeds drawn as A's are."""
     from alol.evaluation.stats import holm, seed_prompt_bootstrap
 
-    prompt_ids = sorted(reference["prompt_id"].to_list())
-    for (name, seed), frame in runs.items():
+    references = reference if isinstance(reference, dict) else {None: reference}
+    first = next(iter(references.values()))
+    prompt_ids = sorted(first["prompt_id"].to_list())
+    for (name, seed), frame in [*runs.items(), *((("reference", s), f) for s, f in references.items())]:
         if sorted(frame["prompt_id"].to_list()) != prompt_ids:
             raise AlolError(f"{name} seed {seed}: its test prompts differ from the reference's; rerun evaluate.")
-    components = ["reward", *sorted(c for c in reference.columns if c.startswith(COMPONENT_PREFIX))]
-    ref = {c: np.array([by_prompt(reference, c, prompt_ids)]) for c in components}
+    components = ["reward", *sorted(c for c in first.columns if c.startswith(COMPONENT_PREFIX))]
+    ref = {c: np.array([by_prompt(r, c, prompt_ids) for r in references.values()]) for c in components}
     algorithms = list(dict.fromkeys(a for a, _ in runs))
+    per_seed = isinstance(reference, dict)
+
+    def over_reference(name: str, column: str) -> dict:
+        scores = score_matrix(runs, name, column, prompt_ids)
+        if not per_seed:
+            return seed_prompt_bootstrap(scores, ref[column], resamples=resamples)
+        if scores.shape != ref[column].shape:
+            raise AlolError(f"{name}: {scores.shape[0]} seed(s) ran, against {ref[column].shape[0]} references; with "
+                            "--redraw every algorithm runs every seed.")
+        # each seed's policy against its own seed's reference: paired on seeds as on prompts
+        return seed_prompt_bootstrap(scores - ref[column], None, resamples=resamples)
+
     table, parts, tests = [], [], {}
     for name in algorithms:
         mine = [r for r in per_run if r["algorithm"] == name]
         scores = score_matrix(runs, name, "reward", prompt_ids)
-        gain = seed_prompt_bootstrap(scores, ref["reward"], resamples=resamples)
+        gain = over_reference(name, "reward")
         tests[f"{name} - reference"] = gain["p_value"]
+        seed_sd = float(np.std(scores.mean(axis=1), ddof=1)) if len(scores) > 1 else 0.0
         row = {"algorithm": name, "seeds": len(mine), "reward": float(scores.mean()),
-               "reward_seed_sd": gain["seed_sd_a"], "gain": gain["diff"], "gain_ci_low": gain["ci_low"],
+               "reward_seed_sd": seed_sd, "gain": gain["diff"], "gain_ci_low": gain["ci_low"],
                "gain_ci_high": gain["ci_high"], "p": gain["p_value"],
                "win_rate": float(np.mean([r["win_rate"] for r in mine]))}
         for key in (*components[1:], "distinct_2", "length_words", "kl", "positive_fraction", "steps",
@@ -168,7 +189,7 @@ def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], re
             row[key] = float(np.mean(values)) if values else None
         table.append(row)
         for c in components:
-            g = seed_prompt_bootstrap(score_matrix(runs, name, c, prompt_ids), ref[c], resamples=resamples)
+            g = over_reference(name, c)
             parts.append({"algorithm": name, "component": c, "gain": g["diff"], "ci_low": g["ci_low"],
                           "ci_high": g["ci_high"]})
     heads = []
@@ -193,7 +214,7 @@ def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict], re
 
 def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | None = None,
             versus: list[tuple[str, str]] | None = None, eval_every: int | None = None,
-            settings: list[str] = (), resume: bool = False) -> pl.DataFrame:
+            settings: list[str] = (), resume: bool = False, redraw: bool = False) -> pl.DataFrame:
     from alol.core.io import write_json
     from alol.evaluation.plots import bar_chart, curves_chart, save_figure
 
@@ -209,21 +230,29 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
     missing = [name for pair in versus for name in pair if name not in algorithms]
     if missing:
         raise AlolError(f"--versus names {', '.join(missing)}, which --algorithms does not run.")
+    if redraw and params["task"] != "dataset":
+        raise AlolError(f"--redraw redraws the dataset task's split (clean.splits.redraw); task {params['task']!r} "
+                        "has no such setting.")
     branch = git_branch(root)
     if branch is None:
         raise AlolError(f"{root.resolve()}: git HEAD is detached (an interrupted `dvc exp run` leaves it so), and "
                         "commits made now would belong to no branch; run `git checkout <your branch>` first.")
     results = root / "results"
     extra = [*settings, *([f"finetune.train.eval_every={eval_every}"] if eval_every is not None else [])]
-    per_run, runs, curves = [], {}, {}
+    per_run, runs, curves, references = [], {}, {}, {}
     (out / "runs").mkdir(parents=True, exist_ok=True)
     try:
         for algorithm, seed in runs_order(algorithms, seeds, current):
             saved = out / "runs" / f"{algorithm}-seed{seed}"
-            if resume and saved.with_suffix(".json").exists() and saved.with_suffix(".parquet").exists():
+            own_reference = out / "runs" / f"reference-seed{seed}.parquet"
+            if resume and saved.with_suffix(".json").exists() and saved.with_suffix(".parquet").exists() and (
+                    not redraw or own_reference.exists()):
                 record = json.loads(saved.with_suffix(".json").read_text())  # an earlier, finished run
             else:
-                seconds = run_experiment(algorithm, root, [f"++plan.seed_offset={seed}", *extra])  # ++: add if absent
+                drawn = [f"++clean.splits.redraw={seed}"] if redraw else []
+                seconds = run_experiment(algorithm, root, [f"++plan.seed_offset={seed}", *drawn, *extra])  # ++: add if absent
+                if redraw:  # this seed's reference (its own split, reference, value and advantages)
+                    pl.read_parquet(results / "evaluate_reference" / "generations.parquet").write_parquet(own_reference)
                 row = table_row(algorithm, read(results / "evaluate" / "details.json"),
                                 read(results / "finetune" / "summary.json"), read(results / "plan.json"), seconds)
                 record = {"row": {"seed": seed, **row}, "curve": curve(results / "finetune" / "live")}
@@ -232,13 +261,16 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
             per_run.append(record["row"])
             runs[(algorithm, seed)] = pl.read_parquet(saved.with_suffix(".parquet"))
             curves[(algorithm, seed)] = record["curve"]
+            if redraw:
+                references[seed] = pl.read_parquet(own_reference)
     finally:  # `dvc exp run -S` rewrites params.yaml (comments, nulls, line wrapping): give the user's file back
         (root / "params.yaml").write_text(params_text)
         reattach(root, branch)
     reference = pl.read_parquet(results / "evaluate_reference" / "generations.parquet")
     per_run.sort(key=lambda r: (algorithms.index(r["algorithm"]), r["seed"]))
     resamples = (params.get("evaluate") or {}).get("bootstrap_resamples", 4000)
-    table, heads, parts = summarise(runs, per_run, reference, versus, resamples)
+    table, heads, parts = summarise(runs, per_run, dict(sorted(references.items())) if redraw else reference,
+                                    versus, resamples)
     table.sort(key=lambda r: algorithms.index(r["algorithm"]))
     details = read(results / "evaluate_reference" / "details.json")
     gold = {"algorithm": "gold (test replies)", "reward": details["gold"]["reward"],
@@ -320,6 +352,9 @@ def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms,
                                                               "e.g. --set plan.steps=60."),
          resume: bool = typer.Option(False, help="Reuse the runs already in --out/runs (an interrupted comparison "
                                                  "goes on where it stopped; same settings assumed)."),
+         redraw: bool = typer.Option(False, help="A seed also redraws the split's validation groups and kept train "
+                                                 "rows (clean.splits.redraw), so the reference, value and advantages "
+                                                 "rerun per seed; the test rows stay fixed."),
          out: Path = typer.Option(Path("results/compare"), help="Folder for the tables and figures."),
          root: Path = typer.Option(Path("."), help="The DVC project (with params.yaml and dvc.yaml).")):
     """Run every (algorithm, seed) as a DVC experiment on the cached upstream and tabulate the results."""
@@ -327,7 +362,8 @@ def main(algorithms: str = typer.Option("all", help="Comma-separated algorithms,
 
     names = list(ALGORITHMS) if algorithms == "all" else [a.strip() for a in algorithms.split(",") if a.strip()]
     try:
-        frame = compare(names, root, out, parse_seeds(seeds), parse_versus(versus), eval_every, settings, resume)
+        frame = compare(names, root, out, parse_seeds(seeds), parse_versus(versus), eval_every, settings, resume,
+                        redraw)
     except AlolError as err:  # reported as every stage reports it
         exit_with_error(err)
     print((out / "table.md").read_text())

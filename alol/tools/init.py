@@ -54,7 +54,8 @@ HEADER = ("# Your data through alol's `dataset` task, written by `alol init` (al
 
 
 def init_repository(folder: Path, data: str, data_format: str = "auto", columns: str = "", policy: str = "wheel",
-                    force: bool = False, echo: Callable[[str], None] = print) -> None:
+                    force: bool = False, echo: Callable[[str], None] = print, score: str = "",
+                    transform: str = "") -> None:
     """Write dvc.yaml, params.yaml and .alol/version for `data` into `folder` (see the module docstring).
     Everything is checked before anything is written: a refusal or a bad option leaves `folder` as it was."""
     folder = Path(folder).expanduser().resolve()
@@ -70,7 +71,11 @@ def init_repository(folder: Path, data: str, data_format: str = "auto", columns:
             raise AlolError(f"{folder / source}: exists and differs from {copy_from}; alol init never replaces "
                             f"data. Move it away, or pass --force (the old copy is kept as {Path(source).name}.bak).")
     clean = {"source": source, "format": data_format, "columns": parse_columns(columns)}
-    params_text = params_yaml(clean, policy_source(folder, policy))
+    if transform and not score:
+        raise AlolError("--transform applies to the --score column; name it with --score.")
+    if score:
+        clean["keep"] = [score]
+    params_text = params_yaml(clean, policy_source(folder, policy), score_reward(score, transform))
     params = check_params(params_text)
     first_commit = setup_repository(folder)
     copied = copy_from is not None and _copy(copy_from, folder / source)
@@ -132,9 +137,20 @@ def parse_columns(text: str) -> dict[str, str]:
     return columns
 
 
-def params_yaml(clean: dict, policy: str) -> str:
-    """alol's params.yaml with `task: dataset`, `download:` for `policy` and `clean:` from `clean`; its other
-    sections (and their comments) as they are."""
+def score_reward(score: str, transform: str) -> dict | None:
+    """`rewards:` for a --score column: that column alone, with a learned stand-in for new text."""
+    if not score:
+        return None
+    entry = {"type": "column", "column": score}
+    steps = [t.strip() for t in transform.split(",") if t.strip()]
+    if steps:
+        entry["transform"] = steps
+    return {score: {**entry, "stand_in": {}}}
+
+
+def params_yaml(clean: dict, policy: str, rewards: dict | None = None) -> str:
+    """alol's params.yaml with `task: dataset`, `download:` for `policy` and `clean:` from `clean` (and
+    `rewards:` when given: a score column's); its other sections (and their comments) as they are."""
     from alol.core.fetch import DownloadConfig
 
     defaults = DownloadConfig()
@@ -150,12 +166,22 @@ def params_yaml(clean: dict, policy: str) -> str:
                   f"  format: {_flow(clean['format'])}  # auto | prompt_completion | messages | sharegpt | "
                   "preference | unpaired_preference\n"
                   f"  columns: {_flow(clean['columns'])}  # our name -> your column, e.g. "
-                  "{prompt: question, completion: answer}\n"),
+                  "{prompt: question, completion: answer}\n"
+                  + (f"  keep: {_flow(clean['keep'])}  # your columns carried into every table (the score)\n"
+                     if "keep" in clean else "")),
     }
+    if rewards is not None:
+        name, entry = next(iter(rewards.items()))
+        own["rewards"] = (
+            "# The reward: your data's own score, on the data's replies; on new text (the reference's and the\n"
+            "# policy's replies) a reward model learned from it (a head on MiniLM, fit on train, selected and\n"
+            "# reported on validation: results/annotate/reward_stats.json). alol/rewards/column.py.\n"
+            f"rewards:\n  {name}:\n" + "".join(f"    {k}: {_flow(v)}\n" for k, v in entry.items()))
     blocks = _sections(resources.files(alol).joinpath("params.yaml").read_text())
     text = "\n".join(own.get(key, block).rstrip("\n") + "\n" for key, block in blocks)
     parsed = yaml.safe_load(text)
-    if (parsed["clean"], parsed["download"]["policy"]) != (clean, policy):
+    if (parsed["clean"], parsed["download"]["policy"]) != (clean, policy) or (
+            rewards is not None and parsed["rewards"] != rewards):
         raise AlolError(f"alol/tools/init.py: the params.yaml written for {clean} does not read back; quote it.")
     return text
 
@@ -288,6 +314,16 @@ def _commit(folder: Path, written: list[str]) -> None:
          folder)
 
 
+def _rewards_line(configs: dict) -> str:
+    from alol.rewards.column import ColumnConfig
+
+    if len(configs) == 1 and isinstance(cfg := next(iter(configs.values())), ColumnConfig):
+        steps = f" ({', '.join(cfg.transform)})" if cfg.transform else ""
+        return (f"your column {cfg.column!r}{steps} alone, no other component; new text scored by a reward model "
+                "learned from it (a head on MiniLM)")
+    return " + ".join(f"{c.weight:g} x {name}" for name, c in configs.items())
+
+
 def _report(echo, folder, params, source, copy_from, copied, written, first_commit) -> None:
     """What init chose, each with the params.yaml key that changes it."""
     from alol.rewards import reward_configs
@@ -307,7 +343,7 @@ def _report(echo, folder, params, source, copy_from, copied, written, first_comm
          "clean.columns"),
         ("policy", policy + (" (SmolLM2-135M-Instruct from PyPI, offline)" if policy == "wheel" else ""),
          "download.policy"),
-        ("rewards", " + ".join(f"{c.weight:g} x {name}" for name, c in reward_configs(params).items()), "rewards"),
+        ("rewards", _rewards_line(reward_configs(params)), "rewards"),
         ("algorithm", params["algorithm"], "algorithm"),
     ]
     echo(f"alol init: {folder}" + (" (first commit made)" if first_commit else ""))

@@ -53,6 +53,13 @@ class PlanConfig:
     steps x (positive fraction summed over the candidates); see step_scales."""
     seed_offset: int = 0
     """Added to base.seed for the draw (to get another plan with the same data)."""
+    rft_quantile: float = 0.5
+    """rft (reward-filtered fine-tuning) trains on the train replies whose reward is at or above this
+    quantile of the train rewards, for plan.steps x the kept fraction steps (as good_priority scales)."""
+
+    def __post_init__(self):
+        if not 0 <= self.rft_quantile < 1:
+            raise ValueError(f"rft_quantile must be in [0, 1), got {self.rft_quantile}")
 
 
 def step_scales(frame: pl.DataFrame) -> dict[str, float]:
@@ -83,9 +90,21 @@ def make_plans(frame: pl.DataFrame, cfg: PlanConfig, batch_size: int, seed: int,
         plans["pairs"] = uniform_plan(pairs, cfg.steps, batch_size, seed)
     if (reward[best] > 0).any():
         plans["reward_priority"] = priority_plan(np.where(best, reward, 0), cfg.steps, batch_size, seed)
+    kept, threshold = reward_filter(reward, best, cfg.rft_quantile)
+    plans["reward_filtered"] = kept[uniform_plan(len(kept), max(1, int(round(cfg.steps * len(kept) / best.sum()))),
+                                                 batch_size, seed)]
     table = pl.concat([plan_frame(p).with_columns(pl.lit(name).alias("strategy")) for name, p in plans.items()])
     steps = {name: int(p.shape[0]) for name, p in plans.items()}
-    return table, {"positive_fraction": scales["good_priority"], "steps": steps}
+    return table, {"positive_fraction": scales["good_priority"], "steps": steps,
+                   "reward_filtered": {"quantile": cfg.rft_quantile, "threshold": threshold,
+                                       "kept_fraction": len(kept) / int(best.sum())}}
+
+
+def reward_filter(reward: np.ndarray, best: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
+    """rft's rows: the data replies (`best`) whose reward is at or above the `quantile` of theirs (numpy's
+    linear quantile), and that threshold."""
+    threshold = float(np.quantile(reward[best], quantile))
+    return np.flatnonzero(best & (reward >= threshold)), threshold
 
 
 def select_plan(plans: pl.DataFrame, strategy: str) -> np.ndarray:
