@@ -273,6 +273,9 @@ def test_rft_keeps_the_rows_at_or_above_the_quantile_for_a_scaled_budget():
     # numpy's linear quantile of [0.1, 0.3, 0.5, 0.9] at 0.5: halfway between 0.3 and 0.5 = 0.4
     kept, threshold = reward_filter(reward, np.ones(4, bool), 0.5)
     assert threshold == pytest.approx(0.4) and kept.tolist() == [1, 2]
+    # "at or above": the median of [1, 2, 3] is 2.0 itself, kept; a reply that is not the data's own is never
+    kept, threshold = reward_filter(np.array([1.0, 2.0, 3.0, 9.0]), np.array([True, True, True, False]), 0.5)
+    assert threshold == 2.0 and kept.tolist() == [1, 2]
     frame = pl.DataFrame({"reward": reward, "advantage": reward - 0.45})
     plans, stats = make_plans(frame, PlanConfig(steps=20, rft_quantile=0.5), batch_size=2, seed=0)
     plan = select_plan(plans, "reward_filtered")
