@@ -176,7 +176,7 @@ class Column(Component):
             raise AlolError(f"{self.where}.column: the tables have no column {name!r} (their columns: {frame.columns}); "
                             f"carry it with clean.keep: [{name}].")
         col = pl.col(name)
-        if frame.schema[name].is_numeric() and frame.schema[name].is_float():
+        if frame.schema[name].is_float():
             bad = col.is_null() | ~col.is_finite()
         elif frame.schema[name] == pl.Boolean or frame.schema[name].is_numeric():
             bad = col.is_null()

@@ -101,14 +101,14 @@ def fit_head(kind: str, rows: Rows, l2: float, max_iter: int = 200) -> Head:
 
 def select(kind: str, fit: Rows, held: Rows, strengths: list[float], max_iter: int = 200) -> tuple[Head, float, list]:
     """Fit one head per l2 strength; keep the lowest held-out loss. Returns (head, its l2, the curve)."""
-    curve = []
+    curve, heads = [], []
     for l2 in strengths:
-        head = fit_head(kind, fit, l2, max_iter)
+        heads.append(fit_head(kind, fit, l2, max_iter))
         with torch.no_grad():
-            curve.append({"l2": l2, "fit_loss": float(loss(kind, head, fit)),
-                          "select_loss": float(loss(kind, head, held))})
+            curve.append({"l2": l2, "fit_loss": float(loss(kind, heads[-1], fit)),
+                          "select_loss": float(loss(kind, heads[-1], held))})
     best = int(np.argmin([c["select_loss"] for c in curve]))
-    return fit_head(kind, fit, strengths[best], max_iter), strengths[best], curve
+    return heads[best], strengths[best], curve
 
 
 def predict(kind: str, head: Head, x: torch.Tensor) -> np.ndarray:
