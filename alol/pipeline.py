@@ -72,7 +72,8 @@ STAGES = (
           outs=("data/clean/train.parquet", "data/clean/validation.parquet", "data/clean/test.parquet"),
           uncached=("results/clean/stats.json",)),
     Stage("annotate", "annotate.py", "data/clean data/assets data/annotated results/annotate/reward_stats.json",
-          ("data/clean/train.parquet", "data/clean/validation.parquet", "data/clean/test.parquet"), ("rewards",),
+          ("data/clean/train.parquet", "data/clean/validation.parquet", "data/clean/test.parquet"),
+          ("rewards", "evaluate.rewards"),
           outs=("data/annotated",), uncached=("results/annotate/reward_stats.json",), fits_reward=True),
     Stage("train_reference", "train_reference.py",
           "data/annotated data/assets models/reference results/train_reference "
@@ -231,19 +232,33 @@ def task_clean_outs(task: str) -> tuple[str, ...]:
     return tuple(f"data/clean/{name}.parquet" for name in _task(task).extra_tables)
 
 
-def reward_asset_deps(params: dict) -> list[str]:
-    """The data/assets paths the reward in `params` (`rewards:`) reads, wherever it is built: each
-    component's reward-type record says which asset folders it reads (hub ids and folders are used in place)."""
+def reward_asset_deps(params: dict, evaluation: bool = False) -> list[str]:
+    """The data/assets paths the reward in `params` (`rewards:`, and with `evaluation` evaluate.rewards:)
+    reads, wherever it is built: each component's reward-type record says which asset folders it reads
+    (hub ids and folders are used in place)."""
     from alol import rewards
 
-    return rewards.asset_deps(rewards.reward_configs(params))
+    return rewards.asset_deps(rewards.every_reward_config(params, evaluation))
 
 
 def reward_fit_deps(params: dict) -> list[str]:
-    """Files the reward is fit on besides the train split (a diversity component's `fit_on`)."""
+    """Files the rewards are fit on besides the train split (a diversity component's `fit_on`)."""
     from alol import rewards
 
-    return rewards.fit_deps(rewards.reward_configs(params))
+    return rewards.fit_deps(rewards.every_reward_config(params))
+
+
+def evaluation_reward_fitted(params: dict) -> str | None:
+    """Where annotate writes evaluate.rewards' fitted state, when evaluate.rewards is set (the evaluations read it)."""
+    from alol import rewards
+    from alol.rewards.annotate import EVALUATION_FILES
+
+    return None if rewards.evaluation_reward_configs(params) is None else f"data/annotated/{EVALUATION_FILES[0]}"
+
+
+def uses_evaluation_reward(stage: Stage) -> bool:
+    """Whether the stage builds or fits evaluate.rewards (it reads that setting: annotate, the evaluations)."""
+    return any(p in ("evaluate", "evaluate.rewards") for p in stage.params)
 
 
 # --- the code a stage runs -------------------------------------------------------------------------------
@@ -337,7 +352,9 @@ def stage_entry(stage: Stage, params: dict, prefix: str = "", installed: bool = 
         deps += reward_fit_deps(params)
     deps += task_asset_deps(task, params).get(stage.name, [])
     if builds_reward(stage):
-        deps += reward_asset_deps(params)
+        deps += reward_asset_deps(params, uses_evaluation_reward(stage))
+        if uses_evaluation_reward(stage) and not stage.fits_reward and evaluation_reward_fitted(params):
+            deps.append(evaluation_reward_fitted(params))
     outs, params_used = list(stage.outs), list(stage.params)
     if stage.name == "clean":
         outs += task_clean_outs(task)

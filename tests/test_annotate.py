@@ -107,7 +107,7 @@ def test_pro_temperature_is_the_reward_model_logit_difference(tiny_tokenizer):
     from alol.rewards import RewardFunction, reward_config
 
     reward = RewardFunction({"oasst": reward_config("oasst", {"type": "reward_model", "model": "never-loaded"})}, ".")
-    tables, _, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"}, TASKS["hh"])
+    tables, _, _ = annotate_splits({"train": hh_frame([2.0, -1.0])}, reward, {"train": "train.parquet"}, TASKS["hh"])
     train = tables["train"]
     assert train["candidate_rewards"].to_list()[0] == pytest.approx([0.880797, 0.268941], abs=1e-6)
     assert train["candidate_raw_rewards"].to_list() == [[2.0, -1.0]]

@@ -206,7 +206,8 @@ def test_fitted_state_round_trips_through_json_and_safetensors(tmp_path):
     train, y = scored_data(200, 6)
     held, y_held = scored_data(60, 7)
     c.fit(rows(train, y.tolist()), rows(held, y_held.tolist(), groups=[f"g{i % 10}" for i in range(60)]))
-    state, files = state_files({"score": c.state()}, {f"score.{k}": v for k, v in c.tensors().items()})
+    files = state_files({"score": c.state()}, {f"score.{k}": v for k, v in c.tensors().items()})
+    state = files.pop("reward_state.json")
     (tmp_path / "reward_state.json").write_text(json.dumps(state))
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -236,11 +237,12 @@ def test_annotate_drops_rows_without_a_score_and_reports_the_stand_in(monkeypatc
                              "prompt": ["p"] * n, "completion": replies, "context": ["hi"] * n, "score": score})
 
     splits = {"train": frame(100, 0, missing={3, 4}), "validation": frame(40, 1), "test": frame(30, 2, missing={0})}
-    tables, state, stats, files = annotate_splits(splits, reward, {k: f"{k}.parquet" for k in splits}, TASKS["dataset"])
+    tables, stats, files = annotate_splits(splits, reward, {k: f"{k}.parquet" for k in splits}, TASKS["dataset"])
     assert stats["dropped_missing_score"] == {"train": 2, "test": 1}
     assert tables["train"].height == 98 and tables["test"].height == 29
     assert tables["train"]["reward"].to_list() == pytest.approx(tables["train"]["score"].to_list())
-    assert stats["stand_in"]["score"]["report"]["r2"] > 0.8 and "tensors_sha256" in state and files
+    assert stats["stand_in"]["score"]["report"]["r2"] > 0.8
+    assert "tensors_sha256" in files["reward_state.json"] and "reward_state.safetensors" in files
 
 
 # --- the value head without a range ----------------------------------------------------------------------
@@ -285,3 +287,21 @@ def test_rft_keeps_the_rows_at_or_above_the_quantile_for_a_scaled_budget():
 
     assert check_algorithm("rft", FinetuneConfig()) == "reward_filtered"
     assert ALGORITHMS["rft"].loss(logps=torch.tensor([[-1.0, -2.0]]), mask=torch.tensor([[1.0, 1.0]])).item() == 3.0
+
+
+def test_the_sentence_encoder_encodes_a_list_of_texts_once_for_every_component_that_asks():
+    """Relevance and a stand-in encode the same contexts and replies: the second asks get the first's rows."""
+    from alol.rewards.relevance import SentenceEncoder
+
+    calls = []
+    encoder = object.__new__(SentenceEncoder)  # no model: _encode counted instead
+    encoder._recent = {}
+    encoder._encode = lambda texts: calls.append(list(texts)) or torch.arange(len(texts), dtype=torch.float32)
+    contexts, replies = ["hi", "hello"], ["yes", "no"]
+    for _ in range(2):  # relevance, then the stand-in
+        assert encoder.encode(contexts).tolist() == [0.0, 1.0] and encoder.encode(replies).tolist() == [0.0, 1.0]
+    assert calls == [contexts, replies]
+    for i in range(4):  # a few more lists push the oldest out
+        encoder.encode([f"t{i}"])
+    encoder.encode(contexts)
+    assert calls[-1] == contexts and len(calls) == 7

@@ -193,7 +193,7 @@ def test_real_sharegpt_through_clean_and_annotate(real_assets, tmp_path):
 
     rewards = yaml.safe_load((REPO / "params.yaml").read_text())["rewards"]
     reward = load_reward({"rewards": rewards}, real_assets)
-    tables, _, reward_stats, _ = annotate_splits(
+    tables, reward_stats, _ = annotate_splits(
         {name: f.select("prompt_id", "prompt", "completion", "context") for name, f in splits.items()}, reward,
         {name: f"{head} ({name})" for name in splits}, TASKS["dataset"])
     for name, table in tables.items():

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from alol.rewards import evaluation_reward_configs
 from alol.rewards.annotate import load_reward, reward_inputs
 from alol.core.errors import AlolError
 from alol.models.generate import GenerationConfig, generate
 from alol.evaluation.replies import generate_and_score
-from alol.evaluation.metrics import grounding_stats, kl_estimate, paired_comparison, reward_means, text_stats
+from alol.evaluation.metrics import (TRAINING_PREFIX, grounding_stats, is_reward_column, kl_estimate, paired_comparison,
+                                     reward_columns, reward_means, text_stats)
 from alol.models.load import ModelConfig, load_tokenizer
 from alol.core.params import BaseConfig, section
 from alol.training.reference import load_frozen
@@ -39,10 +42,17 @@ class EvaluateConfig:
     prompt_format: str | None = None
     """null: the table's prompt. hh / plain: re-render from the dialogue turns (HH), e.g. plain
     ('\nHuman: ...\nAssistant: ') for models trained on Anthropic's format such as PPO baselines."""
+    rewards: dict[str, Any] | None = None
+    """null: score the test replies with the training reward (`rewards:`). Or a reward of its own, in the
+    format of `rewards:` (e.g. a judge the policy never trained on): it gives `reward` and `reward_<name>`,
+    fit by annotate where a component fits, and the training reward is reported beside it as
+    `train_reward` (paired gains included), so a reward that was gamed in training shows."""
 
+    def __post_init__(self):
+        if self.rewards is not None:
+            from alol.rewards import configs_of
 
-def reward_columns(frame: pl.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c == "reward" or c.startswith("reward_")]
+            configs_of(self.rewards, "evaluate.rewards")  # an unknown type or setting fails the params check
 
 
 def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy: Path, test: pl.DataFrame,
@@ -65,10 +75,16 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     tokenizer = load_tokenizer(policy)
     model = load_frozen(policy, model_cfg)
     prompts = test["prompt"].to_list()
-    reward = load_reward(params, assets, annotated)
+    reward = load_reward(params, assets, annotated, evaluation=True)
+    # evaluate.rewards set: the training reward scores the same replies too (a gamed reward shows as a gap)
+    training = load_reward(params, assets, annotated) if evaluation_reward_configs(params) is not None else None
     scored = generate_and_score(model, tokenizer, test, reward, cfg.generation,
                                 base.max_prompt_tokens, base.seed, "test", f"{policy} test replies")
     replies, scores = scored.replies, scored.scores
+    if training is not None:
+        scores.update(training_columns(training(reward_inputs(test, "test", completions=replies),
+                                                source=f"{policy} test replies", row_ids=test["prompt_id"].to_list(),
+                                                description="scoring with the training reward")))
     # log-probs of the replies (EOS included) under the policy
     max_reply = max(base.max_completion_tokens, cfg.generation.max_new_tokens + 1)
     examples = encode(tokenizer, prompts, replies, base.max_prompt_tokens, max_reply)
@@ -93,12 +109,17 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
         stats.update(kl_estimate(sample_logps, ref_logps))
     gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
     # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
-    gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}
+    gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}  # annotate scored them
+    if training is not None:  # annotate scored them with the training reward; evaluation's scores them here
+        gold_rewards = {**reward(reward_inputs(test, "test"), source="the test replies", row_ids=test["prompt_id"].to_list(),
+                                 description="scoring the test replies"), **training_columns(gold_rewards)}
+        gold_rewards = {c: v for c, v in gold_rewards.items() if is_reward_column(c)}
     metrics = {"rows": test.height, "generated_tokens_per_second": scored.generated_tokens / scored.seconds,
-               "scored_by": reward.describe(),
+               "scored_by": reward.describe(), **({"trained_on": training.describe()} if training else {}),
                "generations": stats, "gold": {**reward_means(gold_rewards),
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
-    agreement = reward.agreement(reward_inputs(test, "test"))
+    agreement = {**(training.agreement(reward_inputs(test, "test")) if training else {}),
+                 **reward.agreement(reward_inputs(test, "test"))}
     if agreement:  # a learned stand-in scored the replies: how well it agrees with the data's own test scores
         metrics["stand_in_agreement"] = agreement
     if baseline is not None:
@@ -121,6 +142,11 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
     return generations, metrics
 
 
+def training_columns(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The training reward's `reward` and `reward_<name>` scores as `train_reward` and `train_reward_<name>`."""
+    return {TRAINING_PREFIX + c: v for c, v in scores.items() if is_reward_column(c)}
+
+
 HEADLINE = ("reward", "gain", "gain_ci_low", "gain_ci_high", "win_rate", "kl", "distinct_2", "length_words")
 
 
@@ -134,6 +160,8 @@ def headline(metrics: dict) -> dict:
               "gain_ci_high": gain.get("ci_high"), "win_rate": gain.get("win_rate"), "kl": generations.get("kl"),
               "distinct_2": generations["distinct_2"], "length_words": generations["length_words"]}
     out = {k: values[k] for k in HEADLINE if values[k] is not None}
+    if "train_reward" in generations:  # evaluate.rewards: the training reward's test mean beside it
+        out["train_reward"] = generations["train_reward"]
     for name, agreement in metrics.get("stand_in_agreement", {}).items():  # how far to trust a learned reward
         key = next(k for k in ("r2", "auc", "pairwise_accuracy") if k in agreement)
         out[f"{name}_stand_in_test_{key}"] = agreement[key]

@@ -55,6 +55,20 @@ def kl_estimate(policy_token_logps: list[np.ndarray], reference_token_logps: lis
             "kl_per_token": float(diffs.sum()) / tokens if tokens else 0.0}
 
 
+TRAINING_PREFIX = "train_"
+"""Where evaluate.rewards is set: the training reward's columns beside it, `train_reward` and `train_reward_<name>`."""
+
+
+def is_reward_column(name: str) -> bool:
+    """`reward`, `reward_<component>`, and the training reward's `train_reward` / `train_reward_<component>`."""
+    name = name.removeprefix(TRAINING_PREFIX)
+    return name == "reward" or name.startswith("reward_")
+
+
+def reward_columns(frame) -> list[str]:
+    return [c for c in frame.columns if is_reward_column(c)]
+
+
 def reward_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(values)) for name, values in scores.items()}
 

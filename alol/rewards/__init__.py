@@ -193,11 +193,30 @@ def reward_configs(params: dict) -> dict[str, RewardConfig]:
     """The `rewards:` section of loaded params: component name -> its type's config."""
     from alol.core.params import params_file
 
-    where = f"{params_file(params)}: rewards"
-    raw = params.get("rewards") or {}
+    return configs_of(params.get("rewards") or {}, f"{params_file(params)}: rewards")
+
+
+def configs_of(raw, where: str) -> dict[str, RewardConfig]:
+    """A mapping of component name -> settings (a `rewards:` section) as configs; `where` names it in errors."""
     if not isinstance(raw, dict):
         raise AlolError(f"{where}: expected a mapping of component name -> settings.")
     return {name: reward_config(name, settings, where) for name, settings in raw.items()}
+
+
+def evaluation_reward_configs(params: dict) -> dict[str, RewardConfig] | None:
+    """`evaluate.rewards:`, the reward evaluate scores test replies with when it is not the training
+    reward (e.g. a judge the policy never trained on); None: evaluation uses `rewards:`."""
+    from alol.core.params import params_file
+
+    raw = (params.get("evaluate") or {}).get("rewards")
+    return None if raw is None else configs_of(raw, f"{params_file(params)}: evaluate.rewards")
+
+
+def every_reward_config(params: dict, evaluation: bool = True) -> dict[str, RewardConfig]:
+    """The training reward's configs and (`evaluation`) evaluate.rewards' as 'evaluate.<name>': what the
+    stages that build them read (assets) and fit on (fit files)."""
+    more = (evaluation_reward_configs(params) or {}) if evaluation else {}
+    return {**reward_configs(params), **{f"evaluate.{name}": cfg for name, cfg in more.items()}}
 
 
 def asset_deps(configs: dict[str, RewardConfig] | None = None, folder: str = "data/assets") -> list[str]:

@@ -198,12 +198,12 @@ class Column(Component):
     @property
     def encoder(self):
         if self._encoder is None:
-            from alol.rewards.relevance import SentenceEncoder
+            from alol.rewards.relevance import sentence_encoder
 
             if not self.encoder_folder.exists():
                 raise AlolError(f"{self.where}.stand_in.encoder: {self.encoder_folder} does not exist; the download "
                                 "stage writes minilm there.")
-            self._encoder = SentenceEncoder(self.encoder_folder, batch_size=self.stand_in.batch_size)
+            self._encoder = sentence_encoder(self.encoder_folder.resolve(), self.stand_in.batch_size)
         return self._encoder
 
     def features(self, rows: RewardInputs, replies: list[str] | None = None) -> torch.Tensor:

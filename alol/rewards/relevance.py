@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,20 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = place(AutoModel.from_pretrained(folder).eval(), "sentence encoder", reward_dtype(dtype, small=True))
         self.max_length, self.batch_size = max_length, batch_size
+        self._recent: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """One row per text (read-only: the last few calls' results are kept and returned again, so the
+        relevance reward and a column's stand-in, which encode the same contexts and replies, encode them once)."""
+        key = tuple(texts)
+        if key not in self._recent:
+            if len(self._recent) >= 4:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[key] = self._encode(texts)
+        return self._recent[key]
 
     @torch.inference_mode()
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def _encode(self, texts: list[str]) -> torch.Tensor:
         order = np.argsort([len(t) for t in texts])  # length-sorted batches: little padding
         out = torch.empty(len(texts), self.model.config.hidden_size)
         for start in range(0, len(texts), self.batch_size):
@@ -45,9 +57,16 @@ class SentenceEncoder:
         return out
 
 
+@functools.cache
+def sentence_encoder(folder: Path, batch_size: int = 64, dtype: str = "auto") -> SentenceEncoder:
+    """One encoder per folder and settings in a process: the components that read it share its weights and
+    its recent embeddings."""
+    return SentenceEncoder(folder, batch_size=batch_size, dtype=dtype)
+
+
 class Relevance(Component):
     def __init__(self, assets: Path, batch_size: int = 64, dtype: str = "auto"):
-        self.encoder = SentenceEncoder(assets / "minilm", batch_size=batch_size, dtype=dtype)
+        self.encoder = sentence_encoder(Path(assets).resolve() / "minilm", batch_size, dtype)
 
     def score(self, rows: RewardInputs) -> np.ndarray:
         cos = (self.encoder.encode(rows.contexts) * self.encoder.encode(rows.completions)).sum(-1)

@@ -15,7 +15,9 @@ three components (`rescore`) is a check of the stand-in, not an independent judg
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +25,22 @@ import numpy as np
 SOURCE_COMPONENTS = ("safety", "positivity", "relevance")
 
 
+def conversation_pairs(path: Path, rng: np.random.Generator) -> Iterator[list[dict]]:
+    """Each conversation of the messages file, in an order drawn from `rng`, as its consecutive non-empty turn
+    pairs {"id", "prompt", "completion"} (the reply and the turn before it)."""
+    conversations = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for i in rng.permutation(len(conversations)):
+        messages = conversations[i]["messages"]
+        yield [{"id": conversations[i]["id"], "prompt": a["content"], "completion": b["content"]}
+               for a, b in zip(messages, messages[1:]) if a["content"].strip() and b["content"].strip()]
+
+
 def turn_pairs(path: Path, conversations: int, per_conversation: int, seed: int) -> list[dict]:
+    """`per_conversation` pairs drawn from each of `conversations` conversations, in their order."""
     rng = np.random.default_rng(seed)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = []
-    for i in rng.permutation(len(rows))[:conversations]:
-        messages = rows[i]["messages"]
-        pairs = [(a["content"], b["content"]) for a, b in zip(messages, messages[1:])
-                 if a["content"].strip() and b["content"].strip()]
-        for j in sorted(rng.permutation(len(pairs))[:per_conversation]):
-            out.append({"id": rows[i]["id"], "prompt": pairs[j][0], "completion": pairs[j][1]})
+    for pairs in itertools.islice(conversation_pairs(path, rng), conversations):
+        out += [pairs[j] for j in sorted(rng.permutation(len(pairs))[:per_conversation])]
     return out
 
 
