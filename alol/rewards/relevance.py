@@ -66,7 +66,7 @@ def sentence_encoder(folder: Path, batch_size: int = 64, dtype: str = "auto") ->
 
 class Relevance(Component):
     def __init__(self, assets: Path, batch_size: int = 64, dtype: str = "auto"):
-        self.encoder = sentence_encoder(Path(assets).resolve() / "minilm", batch_size, dtype)
+        self.encoder = sentence_encoder((Path(assets) / "minilm").resolve(), batch_size, dtype)
 
     def score(self, rows: RewardInputs) -> np.ndarray:
         cos = (self.encoder.encode(rows.contexts) * self.encoder.encode(rows.completions)).sum(-1)
