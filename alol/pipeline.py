@@ -352,9 +352,11 @@ def stage_entry(stage: Stage, params: dict, prefix: str = "", installed: bool = 
         deps += reward_fit_deps(params)
     deps += task_asset_deps(task, params).get(stage.name, [])
     if builds_reward(stage):
-        deps += reward_asset_deps(params, uses_evaluation_reward(stage))
-        if uses_evaluation_reward(stage) and not stage.fits_reward and evaluation_reward_fitted(params):
-            deps.append(evaluation_reward_fitted(params))
+        evaluation = uses_evaluation_reward(stage)
+        deps += reward_asset_deps(params, evaluation)
+        fitted = evaluation_reward_fitted(params)
+        if evaluation and fitted and not stage.fits_reward:
+            deps.append(fitted)
     outs, params_used = list(stage.outs), list(stage.params)
     if stage.name == "clean":
         outs += task_clean_outs(task)

@@ -109,17 +109,17 @@ def evaluate_policy(params: dict, base: BaseConfig, cfg: EvaluateConfig, policy:
         stats.update(kl_estimate(sample_logps, ref_logps))
     gold_tokens = [len(ids) + 1 for ids in tokenizer(test["completion"].to_list(), add_special_tokens=False)["input_ids"]]
     # (gold replies are counted whole, EOS included: they are not cut, unlike trained-on completions)
+    gold = reward_inputs(test, "test")
     gold_rewards = {c: test[c].to_numpy() for c in reward_columns(test)}  # annotate scored them
     if training is not None:  # annotate scored them with the training reward; evaluation's scores them here
-        gold_rewards = {**reward(reward_inputs(test, "test"), source="the test replies", row_ids=test["prompt_id"].to_list(),
+        gold_rewards = {**reward(gold, source="the test replies", row_ids=test["prompt_id"].to_list(),
                                  description="scoring the test replies"), **training_columns(gold_rewards)}
         gold_rewards = {c: v for c, v in gold_rewards.items() if is_reward_column(c)}
     metrics = {"rows": test.height, "generated_tokens_per_second": scored.generated_tokens / scored.seconds,
                "scored_by": reward.describe(), **({"trained_on": training.describe()} if training else {}),
                "generations": stats, "gold": {**reward_means(gold_rewards),
                                                **text_stats(test["completion"].to_list(), gold_tokens)}}
-    agreement = {**(training.agreement(reward_inputs(test, "test")) if training else {}),
-                 **reward.agreement(reward_inputs(test, "test"))}
+    agreement = {**(training.agreement(gold) if training else {}), **reward.agreement(gold)}
     if agreement:  # a learned stand-in scored the replies: how well it agrees with the data's own test scores
         metrics["stand_in_agreement"] = agreement
     if baseline is not None:

@@ -93,10 +93,14 @@ def fit_evaluation_reward(params: dict, assets: str | Path, splits: dict[str, pl
     if evaluation_reward_configs(params) is None:
         return {}, {}
     reward, _ = _unfitted(params, assets, evaluation=True)
-    usable = {name: frame.filter(pl.Series(~reward.unscorable(frame))) for name, frame in splits.items()}
-    heldout = reward_inputs(usable["validation"], "validation") if "validation" in usable else None
-    state = reward.fit(reward_inputs(usable["train"], "train"), heldout)
+    state = _fit(reward, {name: frame.filter(pl.Series(~reward.unscorable(frame))) for name, frame in splits.items()})
     return state_files(state, reward.tensors(), EVALUATION_FILES), _reports(state)
+
+
+def _fit(reward: RewardFunction, splits: dict[str, pl.DataFrame]) -> dict:
+    """The reward fitted on train, selecting on validation where a component selects: its state."""
+    heldout = reward_inputs(splits["validation"], "validation") if "validation" in splits else None
+    return reward.fit(reward_inputs(splits["train"], "train"), heldout)
 
 
 def _reports(state: dict) -> dict:
@@ -125,8 +129,7 @@ def annotate_splits(splits: dict[str, pl.DataFrame], reward: RewardFunction, sou
             if splits[name].is_empty():
                 raise AlolError(f"{sources[name]}: no row of the {name} split has the reward's score column; "
                                 f"check clean.keep and rewards ({reward.where}).")
-    heldout = reward_inputs(splits["validation"], "validation") if "validation" in splits else None
-    state = reward.fit(reward_inputs(splits["train"], "train"), heldout)
+    state = _fit(reward, splits)
     files = state_files(state, reward.tensors())
     out, stats = {}, {}
     if dropped:

@@ -203,7 +203,7 @@ class Column(Component):
             if not self.encoder_folder.exists():
                 raise AlolError(f"{self.where}.stand_in.encoder: {self.encoder_folder} does not exist; the download "
                                 "stage writes minilm there.")
-            self._encoder = sentence_encoder(self.encoder_folder.resolve(), self.stand_in.batch_size)
+            self._encoder = sentence_encoder(self.encoder_folder, self.stand_in.batch_size)
         return self._encoder
 
     def features(self, rows: RewardInputs, replies: list[str] | None = None) -> torch.Tensor:

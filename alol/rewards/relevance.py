@@ -57,16 +57,20 @@ class SentenceEncoder:
         return out
 
 
+def sentence_encoder(folder: str | Path, batch_size: int = 64, dtype: str = "auto") -> SentenceEncoder:
+    """One encoder per folder (however it is spelled) and settings in a process: the components that read it
+    share its weights and its recent embeddings."""
+    return _shared_encoder(Path(folder).resolve(), batch_size, dtype)
+
+
 @functools.cache
-def sentence_encoder(folder: Path, batch_size: int = 64, dtype: str = "auto") -> SentenceEncoder:
-    """One encoder per folder and settings in a process: the components that read it share its weights and
-    its recent embeddings."""
+def _shared_encoder(folder: Path, batch_size: int, dtype: str) -> SentenceEncoder:
     return SentenceEncoder(folder, batch_size=batch_size, dtype=dtype)
 
 
 class Relevance(Component):
     def __init__(self, assets: Path, batch_size: int = 64, dtype: str = "auto"):
-        self.encoder = sentence_encoder((Path(assets) / "minilm").resolve(), batch_size, dtype)
+        self.encoder = sentence_encoder(Path(assets) / "minilm", batch_size, dtype)
 
     def score(self, rows: RewardInputs) -> np.ndarray:
         cos = (self.encoder.encode(rows.contexts) * self.encoder.encode(rows.completions)).sum(-1)

@@ -38,9 +38,14 @@ import typer
 from alol.core.errors import AlolError
 from alol.algorithms import ALGORITHMS
 from alol.core.params import load_params
-from alol.evaluation.metrics import is_reward_column, reward_columns
+from alol.evaluation.metrics import is_reward_column
 
 COMPONENT_PREFIX = "reward_"
+
+
+def is_component(column: str) -> bool:
+    """A reward column besides the total: `reward_<name>`, and with evaluate.rewards `train_reward[_<name>]`."""
+    return is_reward_column(column) and column != "reward"
 
 
 def run_experiment(algorithm: str, root: Path, settings: list[str] = ()) -> float:
@@ -88,7 +93,7 @@ def table_row(name: str, evaluation: dict, finetune: dict | None, plans: dict | 
     row.update({"gain": vs["gain"], "gain_ci_low": vs["ci_low"], "gain_ci_high": vs["ci_high"],
                 "win_rate": vs["win_rate"]} if vs else {"gain": None, "gain_ci_low": None, "gain_ci_high": None,
                                                          "win_rate": None})
-    row.update({k: v for k, v in gen.items() if is_reward_column(k) and k != "reward"})
+    row.update({k: v for k, v in gen.items() if is_component(k)})
     row.update({k: gen[k] for k in ("distinct_1", "distinct_2", "distinct_3", "length_words")})
     row["kl"] = gen.get("kl")
     strategy = (finetune or {}).get("sampling_strategy")
@@ -158,7 +163,7 @@ def summarise(runs: dict[tuple[str, int], pl.DataFrame], per_run: list[dict],
     for (name, seed), frame in [*runs.items(), *((("reference", s), f) for s, f in references.items())]:
         if sorted(frame["prompt_id"].to_list()) != prompt_ids:
             raise AlolError(f"{name} seed {seed}: its test prompts differ from the reference's; rerun evaluate.")
-    components = ["reward", *sorted(c for c in reward_columns(first) if c != "reward")]
+    components = ["reward", *sorted(filter(is_component, first.columns))]
     ref = {c: np.array([by_prompt(r, c, prompt_ids) for r in references.values()]) for c in components}
     algorithms = list(dict.fromkeys(a for a, _ in runs))
     per_seed = isinstance(reference, dict)
@@ -275,10 +280,10 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
     table.sort(key=lambda r: algorithms.index(r["algorithm"]))
     details = read(results / "evaluate_reference" / "details.json")
     gold = {"algorithm": "gold (test replies)", "reward": details["gold"]["reward"],
-            **{k: v for k, v in details["gold"].items() if (is_reward_column(k) and k != "reward")
+            **{k: v for k, v in details["gold"].items() if is_component(k)
                or k in ("distinct_2", "length_words")}}
     reference_row = {"algorithm": "reference", "reward": details["generations"]["reward"],
-                     **{k: v for k, v in details["generations"].items() if (is_reward_column(k) and k != "reward")
+                     **{k: v for k, v in details["generations"].items() if is_component(k)
                         or k in ("distinct_2", "length_words")}}
     frame = pl.DataFrame([reference_row, *table, gold], infer_schema_length=None)
     first = ["algorithm", "seeds", "reward", "reward_seed_sd", "gain", "gain_ci_low", "gain_ci_high", "p", "p_holm",
@@ -300,7 +305,7 @@ def compare(algorithms: list[str], root: Path, out: Path, seeds: list[int] | Non
     bar_chart(out / "reward.png", [r["algorithm"] for r in table], [r["gain"] for r in table],
               [r["gain_ci_low"] for r in table], [r["gain_ci_high"] for r in table],
               "test reward gain over the reference (95% CI, prompts x seeds)", baseline=0.0)
-    columns = ["reward", *sorted(c for c in reward_columns(reference) if c != "reward")]
+    columns = ["reward", *sorted(filter(is_component, reference.columns))]
     pooled = {name: {c: np.concatenate([f[c].to_numpy() for (a, _), f in runs.items() if a == name])
                      for c in columns} for name in dict.fromkeys(a for a, _ in runs)}
     save_figure(out / "distribution.png", columns,  # shares: the reference has a third of the replies
