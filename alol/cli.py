@@ -99,6 +99,15 @@ def init(folder: Path = typer.Argument(..., metavar="DIR", help="Your repository
 
 
 @app.command(rich_help_panel=REPOSITORY_PANEL)
+def render(folder: Path = typer.Argument(Path("."), metavar="DIR", help="Your repository (set up by alol init).")):
+    """Rewrite dvc.yaml (and .alol/version) from params.yaml after a change to rewards, evaluate.rewards or
+    clean.source, or an upgrade of alol: the stages refuse to run on a stale one."""
+    from alol.tools.init import render_repository
+
+    _reporting("render", render_repository, folder)
+
+
+@app.command(rich_help_panel=REPOSITORY_PANEL)
 def export(out: Path = typer.Argument(..., metavar="OUT", help="Folder for the standalone checkpoint (must not exist, unless "
                                       "--force)."),
            model: Path = typer.Option(Path("models/policy"), help="The trained policy: a LoRA adapter or a full model."),

@@ -16,8 +16,10 @@ installed `alol <stage>` command, and `.alol/version` stands in for the library'
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -278,6 +280,7 @@ def _imported_modules(path: Path) -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.cache
 def _module_file(module: str) -> Path | None:
     base = REPO.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -286,13 +289,15 @@ def _module_file(module: str) -> Path | None:
     return None  # a name defined in a module, not a module
 
 
+@functools.cache
 def _runs_code(path: Path) -> bool:
     """An __init__.py of only a docstring and constants (alol/__init__.py) runs nothing worth a dep."""
     return path.name != "__init__.py" or any(
         not isinstance(n, (ast.Expr, ast.Assign)) for n in ast.parse(path.read_text()).body)
 
 
-def code_closure(script: Path) -> set[Path]:
+@functools.cache  # every stage checks the whole graph when DVC runs it (check_rendered)
+def code_closure(script: Path) -> frozenset[Path]:
     """Every repository file `script` runs: itself and the alol modules it imports, transitively, with the
     packages they live in (importing alol.rewards.x runs alol/rewards/__init__.py)."""
     seen, todo = set(), [script]
@@ -304,7 +309,7 @@ def code_closure(script: Path) -> set[Path]:
         for module in _imported_modules(path):
             parts = module.split(".")
             todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i]))) is not None]
-    return {p for p in seen if _runs_code(p)}
+    return frozenset(p for p in seen if _runs_code(p))
 
 
 def package_files(folder: str) -> list[str]:
@@ -450,8 +455,75 @@ INSTALLED = Texts("Your data through alol's `dataset` task (params.yaml: clean.s
 def installed_text(params: dict) -> str:
     """The dvc.yaml `alol init` writes into a user's repository whose params.yaml is `params`; called with that
     repository as the current folder (a local `clean.source` is a dep of clean: the task checks it exists)."""
-    first = "# Written by `alol init` from alol's stage graph (alol/pipeline.py); `alol init --force` rewrites it.\n"
-    return render_text(pipeline(params, texts=INSTALLED, installed=True), INSTALLED, first)
+    return render_text(pipeline(params, texts=INSTALLED, installed=True), INSTALLED, INSTALLED_FIRST_LINE)
+
+
+INSTALLED_FIRST_LINE = ("# Written by `alol init` from alol's stage graph (alol/pipeline.py) and params.yaml; after a "
+                        "change there\n# (rewards, evaluate.rewards, clean.source) or an upgrade of alol, `alol render` "
+                        "rewrites it.\n")
+
+
+def check_rendered(folder: Path) -> None:
+    """Refuse a dvc.yaml that is not what `folder`'s params.yaml renders, before DVC runs any stage of it.
+
+    Part of a stage's deps comes from params, not from the graph: the asset folders and fitted files its
+    reward reads, the task's inputs, a local clean.source. After a change there (an edit, or `dvc exp run
+    -S rewards...`) without a re-render, DVC would skip a rerun a new input calls for and cache a result
+    under the wrong inputs. Every stage calls this when DVC runs it (alol/core/stage.py): a stale dvc.yaml
+    stops the first stage. In a user's repository `.alol/version` must also name the installed alol."""
+    path = folder / "dvc.yaml"
+    if not path.exists() or not (folder / "params.yaml").exists():
+        return
+    ours = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    commands = [e.get("cmd", "") for e in ours.values() if isinstance(e, dict)]
+    installed = any(c.startswith("alol ") for c in commands)
+    if not installed and not any(c.startswith("python ") and "stages/" in c for c in commands):
+        return  # not a dvc.yaml of ours
+    fix = ("run `alol render` there (it rewrites dvc.yaml and .alol/version from params.yaml)" if installed else
+           "run `python -m alol.pipeline render`")
+    if installed:
+        import alol
+
+        version = (folder / VERSION_FILE).read_text().splitlines()[-1] if (folder / VERSION_FILE).exists() else None
+        if version != alol.__version__:
+            raise AlolError(f"{folder / VERSION_FILE}: names alol {version}, and alol {alol.__version__} is installed; "
+                            f"every stage depends on that file, so DVC would keep results of the other version: {fix}, "
+                            "then dvc repro.")
+        prefix = ""
+    else:
+        prefix = next(c for c in commands if c.startswith("python ")).split()[1].rpartition("stages/")[0]
+    params = yaml.safe_load((folder / "params.yaml").read_text()) or {}
+    with working_folder(folder):  # paths such as a local clean.source are checked from the pipeline's folder
+        expected = {s.name: stage_entry(s, params, prefix, installed) for s in STAGES}
+    problems = []
+    for name in dict.fromkeys([*expected, *ours]):
+        have, want = ours.get(name), expected.get(name)
+        if have is None or want is None:
+            problems.append(f"stage {name} is {'missing' if have is None else 'not in the stage graph'}")
+            continue
+        missing = [d for d in want["deps"] if d not in (have.get("deps") or [])]
+        extra = [d for d in (have.get("deps") or []) if d not in want["deps"]]
+        if missing or extra:
+            parts = ([f"lack {', '.join(missing)}"] if missing else []) + (
+                [f"list {', '.join(extra)}, which params.yaml no longer calls for"] if extra else [])
+            problems.append(f"{name}'s deps {' and '.join(parts)}")
+        elif {k: v for k, v in have.items() if k != "deps"} != {k: v for k, v in want.items() if k != "deps"}:
+            problems.append(f"{name}'s command, params or outs differ")
+    if problems:
+        raise AlolError(f"{path}: not what params.yaml renders ({'; '.join(problems)}). A stage's deps follow "
+                        f"params.yaml (the reward's assets and fitted files, the task's inputs): {fix}, then dvc "
+                        "repro. (For `dvc exp run -S` of such a setting: set it in params.yaml and render first.)")
+
+
+@contextlib.contextmanager
+def working_folder(folder: Path):
+    """Run the block in `folder` (contextlib.chdir, which Python 3.10 lacks)."""
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 # A task pipeline is a DVC project of its own (`dvc init --subdir`), so the root's `dvc metrics show`,

@@ -4,6 +4,7 @@ read by the dataset task with the root params.yaml's clean settings: roles, filt
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -237,6 +238,13 @@ def test_clean_stage_writes_all_outputs(pipeline_folder):
     assert stats["read"] == {"train": 12} and stats["groups"] == {"train": 10, "validation": 1, "test": 1}
     assert stats["rows"] == {"train": 30, "validation": 3, "test": 3}
     assert pl.read_parquet(out / "validation.parquet")["completion"].to_list()[2] == "i like hiking"
+
+
+def test_clean_before_download_names_the_missing_asset(pipeline_folder):
+    """`alol clean` by hand before the download stage: our error naming the folder and the fix, no traceback."""
+    shutil.rmtree(pipeline_folder / "data" / "assets" / "policy")
+    assert_failed_cleanly(run_clean(pipeline_folder), pipeline_folder,
+                          "data/assets/policy: no such folder; the download stage writes it. Run `dvc repro`")
 
 
 def test_truncated_messages_file(pipeline_folder):

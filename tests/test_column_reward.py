@@ -2,17 +2,20 @@
 filter: hand-worked numbers, and the refusals."""
 
 import math
+import re
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 
 from alol.core.errors import AlolError
 from alol.rewards import RewardFunction, reward_bounds, reward_config
 from alol.rewards import learned
 from alol.rewards.column import Column, ColumnConfig, StandInConfig
 from alol.rewards.components import RewardInputs
+from conftest import REPO, run_stage
 
 WORDS = ("great", "thanks", "bad", "sorry", "!", "?", "you", "no")
 
@@ -190,11 +193,18 @@ def test_missing_scores_are_dropped_or_an_error():
         column({}).unscorable(frame.drop("score"))
 
 
-def test_a_column_without_a_stand_in_is_refused_when_built():
-    cfg = {"score": reward_config("score", {"type": "column", "column": "score"})}
-    with pytest.raises(AlolError, match=r"rewards\.score: a column reward scores only the data's own replies.*"
-                                        r"Add `stand_in: \{\}`"):
-        RewardFunction(cfg, "unused")
+def test_a_column_without_a_stand_in_is_refused_before_any_work(tmp_path):
+    """Every pipeline scores new text, so a column without its stand-in is refused wherever params are read:
+    the first stage DVC runs (download) stops with the message and writes nothing."""
+    message = r"rewards\.score: a column reward scores only the data's own replies.*Add `stand_in: \{\}`"
+    with pytest.raises(AlolError, match=message):
+        reward_config("score", {"type": "column", "column": "score"})
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["rewards"] = {"score": {"type": "column", "column": "score"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage("download.py", "data/assets", "--params", "params.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and re.search(message, " ".join(proc.stderr.split())), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_fitted_state_round_trips_through_json_and_safetensors(tmp_path):

@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from alol import pipeline
+from alol.core.errors import AlolError
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))]
@@ -271,8 +273,6 @@ def test_pipeline_tests_copy_new_top_level_files(tmp_path, monkeypatch):
 
 
 def test_unknown_task_names_the_known_ones():
-    from alol.core.errors import AlolError
-
     with pytest.raises(AlolError, match="task: 'nope'.*dataset, hh, reddit, wow, comet"):
         pipeline.task_asset_deps("nope", {})
 
@@ -293,3 +293,19 @@ def test_installed_rendering_is_the_same_graph_run_by_the_alol_command():
         assert (stage["params"], stage["outs"]) == (mine["params"], mine["outs"])
     text = pipeline.render_text(installed, pipeline.INSTALLED, "# first\n")
     assert text.startswith("# first\n# Your data") and yaml.safe_load(text) == installed
+
+
+def test_every_stage_refuses_a_dvc_yaml_its_params_have_moved_past(tmp_path):
+    """The committed pipelines pass the check every stage runs under DVC (pipeline.check_rendered); a params
+    change that moves a stage's deps (here evaluate.rewards, without a re-render) is refused, naming the fix."""
+    for path in PIPELINES:
+        pipeline.check_rendered(path.parent)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    pipeline.check_rendered(tmp_path)  # a copy of the root pipeline is still its rendering
+    params["evaluate"]["rewards"] = {"relevance": {"type": "relevance"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(AlolError, match=r"evaluate's deps lack data/annotated/evaluation_reward_state\.json.*"
+                                        r"python -m alol\.pipeline render"):
+        pipeline.check_rendered(tmp_path)

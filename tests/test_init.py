@@ -245,3 +245,47 @@ def test_init_with_a_score_column_then_dvc_repro(tmp_path, tiny_tokenizer):
     assert "rating_stand_in_test_r2" in metrics and "gain" in metrics
     value = json.loads((repo / "models" / "value" / "config.json").read_text())
     assert value["low"] is None and value["high"] is None  # a z-scored column has no range: a linear value head
+
+
+# --- a dvc.yaml that params.yaml has moved past --------------------------------------------------------------
+
+def test_a_stale_dvc_yaml_stops_the_stages_until_alol_render(tmp_path):
+    """Part of dvc.yaml follows params.yaml: with evaluate.rewards set, the evaluations depend on the state annotate
+    fits for it. After that edit (or an upgrade of alol) every stage DVC runs refuses, before any work, naming the
+    deps and `alol render`; `alol render` rewrites dvc.yaml and .alol/version, and the stages run again."""
+    repo, data = tmp_path / "repo", jsonl(tmp_path / "train.jsonl")
+    assert init(repo, data, "--columns", "prompt=question,completion=answer").returncode == 0
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["rewards"] = {"relevance": {"type": "relevance"}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(AlolError, match=r"evaluate's deps lack data/annotated/evaluation_reward_state\.json.*"
+                                        r"`alol render`"):
+        pipeline.check_rendered(repo)
+
+    command = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["clean"]["cmd"].split()  # alol clean ...
+    proc = alol(*command[1:], cwd=repo, env={"DVC_STAGE": "clean"})  # as DVC runs it
+    assert proc.returncode == 1 and "not what params.yaml renders" in flat(proc.stderr), proc.stderr
+    assert not (repo / "data" / "clean").exists()  # refused before any work
+
+    proc = alol("render", repo, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote dvc.yaml (stages changed: evaluate_reference, evaluate)" in flat(proc.stdout)
+    with pipeline.working_folder(repo):
+        assert (repo / "dvc.yaml").read_text() == pipeline.installed_text(params)
+    pipeline.check_rendered(repo)
+    assert "already what params.yaml and alol" in alol("render", cwd=repo).stdout
+
+    version = repo / ".alol" / "version"
+    version.write_text(version.read_text().replace(__import__("alol").__version__, "0.0.1"))
+    with pytest.raises(AlolError, match=r"names alol 0\.0\.1, and alol .* is installed.*`alol render`"):
+        pipeline.check_rendered(repo)
+    assert alol("render", cwd=repo).returncode == 0
+    pipeline.check_rendered(repo)
+
+
+def test_render_refuses_a_dvc_yaml_it_did_not_write(tmp_path):
+    (tmp_path / "params.yaml").write_text("task: dataset\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    proc = alol("render", cwd=tmp_path)
+    assert proc.returncode == 1 and "was not written by `alol init`" in flat(proc.stderr)
+    assert (tmp_path / "dvc.yaml").read_text() == "stages: {}\n"

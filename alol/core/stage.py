@@ -5,6 +5,7 @@ Training curves (DVCLive) are alol/core/live.py's."""
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -48,6 +49,10 @@ def stage(fn: Callable) -> Callable:
         proc = state()  # joins the other processes under accelerate launch / torchrun
         try:
             check_processes()
+            if "DVC_STAGE" in os.environ:  # run by DVC, from the dvc.yaml in the current folder
+                # imported by name, so not a code dep of every stage (alol/pipeline.py's closure follows
+                # static imports): the check can stop a stage but never changes what it writes
+                importlib.import_module("alol.pipeline").check_rendered(Path.cwd())
             result = fn(*args, **kwargs)
         except AlolError as err:
             exit_with_error(err, f" [process {proc.process_index}]" if proc.num_processes > 1 else "")

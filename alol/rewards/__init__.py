@@ -71,7 +71,9 @@ def reward_config(name: str, settings: dict, where: str = "rewards") -> RewardCo
         elsewhere = "; ".join(f"{key!r} is a setting of {', '.join(types)}" for key, types in owners.items() if types)
         raise AlolError(f"{where}: unknown setting(s) {foreign} for a {kind} reward"
                         f"{f' ({elsewhere})' if elsewhere else ''}; valid settings of {kind} are {valid}.")
-    return from_dict(record.config, settings, where)
+    cfg = from_dict(record.config, settings, where)
+    cfg.check(where)
+    return cfg
 
 
 def reward_bounds(cfg: RewardConfig) -> tuple[float, float] | None:

@@ -82,6 +82,14 @@ class ColumnConfig(RewardConfig):
         if self.clip is not None and (len(self.clip) != 2 or self.clip[0] >= self.clip[1]):
             raise ValueError(f"clip must be [low, high] with low < high, got {self.clip}")
 
+    def check(self, where: str) -> None:
+        if self.stand_in is None:  # every pipeline scores new text, so a stage reading params refuses it
+            raise AlolError(
+                f"{where}: a column reward scores only the data's own replies, and this pipeline scores new text "
+                "too (the reference's replies that V(x) is fit on, the test replies in evaluate, rollouts). Add "
+                f"`stand_in: {{}}` under {where.split(': ', 1)[-1]} to learn a reward model from the column "
+                "(a head on the shipped MiniLM encoder; alol/rewards/column.py), or score text with another reward type.")
+
 
 def _bounds(cfg: ColumnConfig) -> tuple[float, float] | None:
     if cfg.clip is not None:
@@ -95,12 +103,6 @@ def _bounds(cfg: ColumnConfig) -> tuple[float, float] | None:
 
 class Column(Component):
     def __init__(self, cfg: ColumnConfig, assets: Path, where: str):
-        if cfg.stand_in is None:
-            raise AlolError(
-                f"{where}: a column reward scores only the data's own replies, and this pipeline scores new text "
-                "too (the reference's replies that V(x) is fit on, the test replies in evaluate, rollouts). Add "
-                f"`stand_in: {{}}` under {where.split(': ', 1)[-1]} to learn a reward model from the column "
-                "(a head on the shipped MiniLM encoder; alol/rewards/column.py), or score text with another reward type.")
         self.cfg, self.stand_in, self.where = cfg, cfg.stand_in, where
         self.encoder_folder = Path(assets) / cfg.stand_in.encoder
         self._encoder = None

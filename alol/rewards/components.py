@@ -152,6 +152,10 @@ class RewardConfig:
     weight: float = 1.0
     """Weight of this component in `reward` = sum of weight * component."""
 
+    def check(self, where: str) -> None:
+        """Refuse settings no pipeline can run with (AlolError naming `where`, the entry): called whenever params
+        are read, so every stage refuses them before any work. Each type that has such a rule overrides it."""
+
 
 def _reply_only(cfg: Any) -> tuple[str, ...]:
     return ("completion",)

@@ -91,7 +91,12 @@ class Task:
         return tuple(self.data_deps(cfg)) if self.data_deps else ()
 
     def tables(self, assets: Path, cfg: Any, base) -> tuple[dict[str, pl.DataFrame], dict, dict[str, pl.DataFrame]]:
-        """build(), then check_splits() on what it returned."""
+        """build(), then check_splits() on what it returned; refused before any work if an asset folder it
+        reads is missing (the clean stage run by hand before the download stage)."""
+        missing = [name for name in self.assets(cfg) if not (Path(assets) / name).exists()]
+        if missing:
+            raise AlolError(f"clean (task {self.name}): {', '.join(str(Path(assets) / n) for n in missing)}: no such "
+                            "folder; the download stage writes it. Run `dvc repro` (or `dvc repro download` first).")
         splits, stats, extra = self.build(Path(assets), cfg, base)
         check_splits(self, splits, cfg)
         if set(splits) != set(SPLITS) or set(extra) != set(self.extra_tables):

@@ -16,6 +16,10 @@ deps must lie inside the repository, and with the copy a clone plus `dvc pull` h
 reads. (data/source/: no name of yours can collide with a stage's output under data/.) Data already
 inside DIR is used where it is, and left as you track it. A hub id is read from the hub by the clean stage.
 
+Part of dvc.yaml follows params.yaml (a stage's deps include the asset folders and fitted files its reward
+reads, and a local clean.source): after a change there, or an upgrade of alol, `alol render` rewrites dvc.yaml
+and .alol/version; until then the stages refuse to run (alol.pipeline.check_rendered).
+
 A folder that is no git repository gets `git init`, `dvc init` and a first commit of what alol init wrote
 (DVCLive and `dvc exp run` need a HEAD); an existing repository gets `dvc init` if it has no DVC project
 here, and no commit: the files are yours to commit.
@@ -23,7 +27,6 @@ here, and no commit: the files are yours to commit.
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import os
 import shutil
@@ -38,14 +41,14 @@ import yaml
 
 import alol
 from alol.core.errors import AlolError
-from alol.pipeline import VERSION_FILE, installed_text
+from alol.pipeline import INSTALLED_FIRST_LINE, VERSION_FILE, installed_text, working_folder
 from alol.tasks.dataset import looks_like_hub_id
 
 VERSION_NOTE = (
     "# Every stage of dvc.yaml depends on this file. alol's code is not in this repository, so the stages\n"
     "# cannot depend on it as they do in alol's own; its version stands for it. (Not a params.yaml key: the\n"
     "# params check refuses keys it does not know, and this is no setting to edit.) After upgrading alol,\n"
-    "# `alol init --force` rewrites it and `dvc repro` reruns every stage with the new code.\n")
+    "# `alol render` rewrites it and `dvc repro` reruns every stage with the new code.\n")
 DATA_FOLDER = "data/source"
 """Where a data file or folder from outside the repository is copied to."""
 HEADER = ("# Your data through alol's `dataset` task, written by `alol init` (alol {version}). Every stage\n"
@@ -79,7 +82,7 @@ def init_repository(folder: Path, data: str, data_format: str = "auto", columns:
     params = check_params(params_text)
     first_commit = setup_repository(folder)
     copied = copy_from is not None and _copy(copy_from, folder / source)
-    with _working_folder(folder):  # a local clean.source is a dep where it exists, seen from the repository
+    with working_folder(folder):  # a local clean.source is a dep where it exists, seen from the repository
         dvc_text = installed_text(params)
     files = {"dvc.yaml": dvc_text, "params.yaml": params_text, VERSION_FILE: f"{VERSION_NOTE}{alol.__version__}\n"}
     written = [name for name, text in files.items() if _write(folder / name, text, backup=name != VERSION_FILE)]
@@ -89,6 +92,36 @@ def init_repository(folder: Path, data: str, data_format: str = "auto", columns:
     if first_commit:
         _commit(folder, written)
     _report(echo, folder, params, source, copy_from, copied, written, first_commit)
+
+
+def render_repository(folder: Path, echo: Callable[[str], None] = print) -> None:
+    """`alol render`: rewrite the dvc.yaml `alol init` wrote (and .alol/version) from the repository's
+    params.yaml as it is now, and with the installed alol. Its stages refuse to run until then
+    (alol.pipeline.check_rendered): their deps follow params (the reward's assets and fitted files, clean.source)."""
+    folder = Path(folder).expanduser().resolve()
+    dvc_yaml, params_yaml_path = folder / "dvc.yaml", folder / "params.yaml"
+    for path in (dvc_yaml, params_yaml_path):
+        if not path.exists():
+            raise AlolError(f"{path}: does not exist; `alol render` rewrites the dvc.yaml of a repository "
+                            "`alol init` set up (run that first).")
+    if not dvc_yaml.read_text().startswith(INSTALLED_FIRST_LINE.split(" from ")[0]):
+        raise AlolError(f"{dvc_yaml}: was not written by `alol init` (its first line says so when it was); "
+                        "`alol render` replaces only its own.")
+    params = check_params(params_yaml_path.read_text())
+    with working_folder(folder):
+        text = installed_text(params)
+    old = yaml.safe_load(dvc_yaml.read_text()).get("stages") or {}
+    new = yaml.safe_load(text)["stages"]
+    changed = [name for name in new if old.get(name) != new[name]]
+    version = f"{VERSION_NOTE}{alol.__version__}\n"
+    written = [name for name, body in (("dvc.yaml", text), (VERSION_FILE, version))
+               if _write(folder / name, body, backup=False)]
+    if written:
+        echo(f"wrote {', '.join(written)}" + (f" (stages changed: {', '.join(changed)})" if changed else "")
+             + "; next: dvc repro")
+    else:
+        echo(f"dvc.yaml and {VERSION_FILE} are already what params.yaml and alol {alol.__version__} render")
+
 
 
 # --- the choices -------------------------------------------------------------------------------------------
@@ -292,16 +325,6 @@ def _write(path: Path, text: str, backup: bool = True) -> bool:
     tmp.write_text(text)
     os.replace(tmp, path)
     return True
-
-
-@contextlib.contextmanager
-def _working_folder(folder: Path):
-    old = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def _commit(folder: Path, written: list[str]) -> None:

@@ -1,6 +1,6 @@
 """The cost of a learned stand-in (alol/rewards/column.py): fitting and selecting it on N (context, reply) rows
 with the shipped MiniLM encoder, and scoring new replies with it against the relevance reward, per row (alone,
-and beside relevance in one reward, where the two share MiniLM's embeddings).
+and beside relevance in one reward, where the two share MiniLM's embeddings; best of 5 interleaved rounds).
 
     python -m alol.tools.stand_in_bench --out results/bench/stand_in.json     # after `dvc repro download`
 
@@ -72,20 +72,23 @@ def main() -> None:
     assert component.encoder is encoder
 
     def seconds(*scorers) -> float:
-        """The best of 3 runs of the last scorer, with no embedding kept from an earlier run (the scorers
-        before it run first, untimed, as the reward's other components would)."""
-        best = float("inf")
-        for _ in range(3):
-            encoder._recent.clear()
-            for scorer in scorers[:-1]:
-                scorer(new)
-            start = time.perf_counter()
-            scorers[-1](new)
-            best = min(best, time.perf_counter() - start)
-        return best
+        """One run of the last scorer, with no embedding kept from an earlier run (the scorers before it run
+        first, untimed, as the reward's other components would)."""
+        encoder._recent.clear()
+        for scorer in scorers[:-1]:
+            scorer(new)
+        start = time.perf_counter()
+        scorers[-1](new)
+        return time.perf_counter() - start
 
-    stand_in_seconds, relevance_seconds = seconds(component.score), seconds(relevance.score)
-    beside_seconds = seconds(relevance.score, component.score)
+    # the best of 5 interleaved rounds: a drift in the machine's speed hits the three alike
+    runs = {"stand_in": (component.score,), "relevance": (relevance.score,),
+            "beside": (relevance.score, component.score)}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(5):
+        for name, scorers in runs.items():
+            best[name] = min(best[name], seconds(*scorers))
+    stand_in_seconds, relevance_seconds, beside_seconds = best["stand_in"], best["relevance"], best["beside"]
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
         "matmul_peak_gflops": peak / 1e9, "train_rows": args.rows, "validation_rows": args.validation,
