@@ -1,7 +1,8 @@
 """The `alol` command (`pip install` puts it on the PATH): the pipeline's stages as subcommands with the
 arguments dvc.yaml gives them (`alol clean data/assets data/clean results/clean/stats.json` runs
-stages/clean.py, installed as alol.stages.clean), and two commands for your own repository: `alol init`
-writes a pipeline for your data there, `alol export` a standalone checkpoint of the trained policy.
+stages/clean.py, installed as alol.stages.clean), and three commands for your own repository: `alol init`
+writes a pipeline for your data there, `alol render` rewrites its dvc.yaml after a change to params.yaml,
+`alol export` a standalone checkpoint of the trained policy.
 
 A stage's module is imported only when it runs (each pulls in torch and more), so `alol --help` stays quick:
 the stages' one-line descriptions are read from their docstrings.
@@ -100,8 +101,8 @@ def init(folder: Path = typer.Argument(..., metavar="DIR", help="Your repository
 
 @app.command(rich_help_panel=REPOSITORY_PANEL)
 def render(folder: Path = typer.Argument(Path("."), metavar="DIR", help="Your repository (set up by alol init).")):
-    """Rewrite dvc.yaml (and .alol/version) from params.yaml after a change to rewards, evaluate.rewards or
-    clean.source, or an upgrade of alol: the stages refuse to run on a stale one."""
+    """Rewrite dvc.yaml (and .alol/version) from params.yaml after a change to the reward's, the task's or the
+    policy's settings, or an upgrade of alol: the stages refuse to run on a stale one (the old kept as .bak)."""
     from alol.tools.init import render_repository
 
     _reporting("render", render_repository, folder)

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -313,9 +314,10 @@ def code_closure(script: Path) -> frozenset[Path]:
 
 
 def package_files(folder: str) -> list[str]:
-    """Every file of a package (repository-relative), bytecode left out."""
-    return sorted(p.relative_to(REPO).as_posix() for p in (REPO / folder).rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    """Every module of a package (repository-relative): its .py files, so an editor's or a system's stray file
+    there (.DS_Store, x.py.swp) is no dep. (A data file a package reads at run time would need adding here.)"""
+    return sorted(p.relative_to(REPO).as_posix() for p in (REPO / folder).rglob("*.py")
+                  if p.is_file() and "__pycache__" not in p.parts)
 
 
 @functools.cache
@@ -452,67 +454,60 @@ INSTALLED = Texts("Your data through alol's `dataset` task (params.yaml: clean.s
                   "`dvc exp run -S algorithm=a_lol_kl` another algorithm. Each stage is `alol <stage>` (--help).")
 
 
+INSTALLED_MARK = "# Written by `alol init`"
+"""How the dvc.yaml `alol init` writes begins (`alol render` replaces only such a file)."""
+INSTALLED_FIRST_LINE = (f"{INSTALLED_MARK} from alol's stage graph (alol/pipeline.py) and params.yaml; after a change "
+                        "there\n# (the reward's, the task's or the policy's settings) or an upgrade of alol, `alol render` "
+                        "rewrites it.\n")
+
+
 def installed_text(params: dict) -> str:
     """The dvc.yaml `alol init` writes into a user's repository whose params.yaml is `params`; called with that
     repository as the current folder (a local `clean.source` is a dep of clean: the task checks it exists)."""
     return render_text(pipeline(params, texts=INSTALLED, installed=True), INSTALLED, INSTALLED_FIRST_LINE)
 
 
-INSTALLED_FIRST_LINE = ("# Written by `alol init` from alol's stage graph (alol/pipeline.py) and params.yaml; after a "
-                        "change there\n# (rewards, evaluate.rewards, clean.source) or an upgrade of alol, `alol render` "
-                        "rewrites it.\n")
-
-
 def check_rendered(folder: Path) -> None:
-    """Refuse a dvc.yaml that is not what `folder`'s params.yaml renders, before DVC runs any stage of it.
+    """Refuse a dvc.yaml whose stages lack a dep that `folder`'s params.yaml calls for, before DVC runs a stage.
 
     Part of a stage's deps comes from params, not from the graph: the asset folders and fitted files its
     reward reads, the task's inputs, a local clean.source. After a change there (an edit, or `dvc exp run
-    -S rewards...`) without a re-render, DVC would skip a rerun a new input calls for and cache a result
-    under the wrong inputs. Every stage calls this when DVC runs it (alol/core/stage.py): a stale dvc.yaml
-    stops the first stage. In a user's repository `.alol/version` must also name the installed alol."""
-    path = folder / "dvc.yaml"
-    if not path.exists() or not (folder / "params.yaml").exists():
+    -S rewards...`) without a re-render, DVC would not rerun a stage when such an input changes, and would
+    cache its result under the wrong inputs. Every stage calls this when DVC runs it (alol/core/stage.py):
+    the first stage DVC runs stops. Only missing deps count: a dep no longer needed costs a rerun at most,
+    and a stage's other keys are the user's to change (`frozen`, an `accelerate launch` command, extra
+    stages). In a user's repository `.alol/version` must also name the installed alol. A params.yaml that
+    does not parse is left to the stage's own params check, which names the problem."""
+    try:
+        ours = (yaml.safe_load((folder / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+    except (OSError, yaml.YAMLError, AttributeError):
         return
-    ours = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    commands = [e.get("cmd", "") for e in ours.values() if isinstance(e, dict)]
-    installed = any(c.startswith("alol ") for c in commands)
-    if not installed and not any(c.startswith("python ") and "stages/" in c for c in commands):
-        return  # not a dvc.yaml of ours
-    fix = ("run `alol render` there (it rewrites dvc.yaml and .alol/version from params.yaml)" if installed else
-           "run `python -m alol.pipeline render`")
+    ours = {name: entry for name, entry in ours.items() if isinstance(entry, dict)}
+    installed = any(VERSION_FILE in (entry.get("deps") or []) for entry in ours.values())
+    prefixes = [m.group(1) for entry in ours.values()
+                if (m := re.search(r"(\S*)stages/\w+\.py", str(entry.get("cmd", ""))))]
+    if not isinstance(params, dict) or not (installed or prefixes):
+        return  # not a dvc.yaml of ours, or params the stage's own check reports
     if installed:
         import alol
 
-        version = (folder / VERSION_FILE).read_text().splitlines()[-1] if (folder / VERSION_FILE).exists() else None
-        if version != alol.__version__:
-            raise AlolError(f"{folder / VERSION_FILE}: names alol {version}, and alol {alol.__version__} is installed; "
-                            f"every stage depends on that file, so DVC would keep results of the other version: {fix}, "
-                            "then dvc repro.")
-        prefix = ""
-    else:
-        prefix = next(c for c in commands if c.startswith("python ")).split()[1].rpartition("stages/")[0]
-    params = yaml.safe_load((folder / "params.yaml").read_text()) or {}
+        lines = (folder / VERSION_FILE).read_text().split() if (folder / VERSION_FILE).exists() else []
+        if lines[-1:] != [alol.__version__]:
+            raise AlolError(f"{folder / VERSION_FILE}: does not name the installed alol {alol.__version__}, and every "
+                            "stage depends on that file, so DVC would keep results of another version: run `alol "
+                            "render` there (it rewrites dvc.yaml and .alol/version), then dvc repro.")
     with working_folder(folder):  # paths such as a local clean.source are checked from the pipeline's folder
-        expected = {s.name: stage_entry(s, params, prefix, installed) for s in STAGES}
-    problems = []
-    for name in dict.fromkeys([*expected, *ours]):
-        have, want = ours.get(name), expected.get(name)
-        if have is None or want is None:
-            problems.append(f"stage {name} is {'missing' if have is None else 'not in the stage graph'}")
-            continue
-        missing = [d for d in want["deps"] if d not in (have.get("deps") or [])]
-        extra = [d for d in (have.get("deps") or []) if d not in want["deps"]]
-        if missing or extra:
-            parts = ([f"lack {', '.join(missing)}"] if missing else []) + (
-                [f"list {', '.join(extra)}, which params.yaml no longer calls for"] if extra else [])
-            problems.append(f"{name}'s deps {' and '.join(parts)}")
-        elif {k: v for k, v in have.items() if k != "deps"} != {k: v for k, v in want.items() if k != "deps"}:
-            problems.append(f"{name}'s command, params or outs differ")
-    if problems:
-        raise AlolError(f"{path}: not what params.yaml renders ({'; '.join(problems)}). A stage's deps follow "
-                        f"params.yaml (the reward's assets and fitted files, the task's inputs): {fix}, then dvc "
-                        "repro. (For `dvc exp run -S` of such a setting: set it in params.yaml and render first.)")
+        expected = pipeline(params, "" if installed else prefixes[0], installed=installed)["stages"]
+    lacking = {name: missing for name, want in expected.items() if name in ours
+               if (missing := [d for d in want["deps"] if d not in (ours[name].get("deps") or [])])}
+    if lacking:
+        fix = "`alol render` there" if installed else "`python -m alol.pipeline render`"
+        listed = "; ".join(f"{name}: {', '.join(deps[:3])}" + (f" and {len(deps) - 3} more" if len(deps) > 3 else "")
+                           for name, deps in lacking.items())
+        raise AlolError(f"{folder / 'dvc.yaml'}: stages lack deps that params.yaml calls for ({listed}), so DVC "
+                        f"would not rerun them when those change. Run {fix} to rewrite dvc.yaml, then dvc repro. "
+                        "(For `dvc exp run -S` of such a setting: set it in params.yaml and render first.)")
 
 
 @contextlib.contextmanager

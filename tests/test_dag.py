@@ -295,17 +295,29 @@ def test_installed_rendering_is_the_same_graph_run_by_the_alol_command():
     assert text.startswith("# first\n# Your data") and yaml.safe_load(text) == installed
 
 
-def test_every_stage_refuses_a_dvc_yaml_its_params_have_moved_past(tmp_path):
+@pytest.mark.parametrize("folder", ["", "pipelines/hh"])
+def test_every_stage_refuses_a_dvc_yaml_its_params_have_moved_past(tmp_path, folder):
     """The committed pipelines pass the check every stage runs under DVC (pipeline.check_rendered); a params
-    change that moves a stage's deps (here evaluate.rewards, without a re-render) is refused, naming the fix."""
+    change that adds a dep (here evaluate.rewards, without a re-render) is refused, naming the stages and the
+    fix. A stage's other keys are the user's: `frozen`, an `accelerate launch` command and an extra stage pass."""
     for path in PIPELINES:
         pipeline.check_rendered(path.parent)
+    copy = tmp_path / folder
+    copy.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    pipeline.check_rendered(tmp_path)  # a copy of the root pipeline is still its rendering
+        shutil.copy(REPO / folder / name, copy / name)
+    dvc = yaml.safe_load((copy / "dvc.yaml").read_text())
+    dvc["stages"]["download"]["frozen"] = True
+    finetune = dvc["stages"]["finetune"]
+    finetune["cmd"] = finetune["cmd"].replace("python ", "accelerate launch --num_processes 2 ")
+    dvc["stages"]["report"] = {"cmd": "python make_report.py", "deps": ["results/evaluate/metrics.json"]}
+    (copy / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    pipeline.check_rendered(copy)  # still what its params call for
+    params = yaml.safe_load((copy / "params.yaml").read_text())
     params["evaluate"]["rewards"] = {"relevance": {"type": "relevance"}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(AlolError, match=r"evaluate's deps lack data/annotated/evaluation_reward_state\.json.*"
-                                        r"python -m alol\.pipeline render"):
-        pipeline.check_rendered(tmp_path)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(AlolError, match=r"stages lack deps that params\.yaml calls for \(.*evaluate: [^;]*"
+                                        r"data/annotated/evaluation_reward_state\.json.*python -m alol\.pipeline render"):
+        pipeline.check_rendered(copy)
+    (copy / "params.yaml").write_text("rewards: [unclosed\n")
+    pipeline.check_rendered(copy)  # left to the stage's own params check, which names the line

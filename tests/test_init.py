@@ -258,18 +258,19 @@ def test_a_stale_dvc_yaml_stops_the_stages_until_alol_render(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["rewards"] = {"relevance": {"type": "relevance"}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.raises(AlolError, match=r"evaluate's deps lack data/annotated/evaluation_reward_state\.json.*"
-                                        r"`alol render`"):
+    with pytest.raises(AlolError, match=r"stages lack deps that params\.yaml calls for \(evaluate_reference: "
+                                        r"data/annotated/evaluation_reward_state\.json; evaluate: .*`alol render`"):
         pipeline.check_rendered(repo)
 
     command = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["clean"]["cmd"].split()  # alol clean ...
     proc = alol(*command[1:], cwd=repo, env={"DVC_STAGE": "clean"})  # as DVC runs it
-    assert proc.returncode == 1 and "not what params.yaml renders" in flat(proc.stderr), proc.stderr
+    assert proc.returncode == 1 and "stages lack deps that params.yaml calls for" in flat(proc.stderr), proc.stderr
     assert not (repo / "data" / "clean").exists()  # refused before any work
 
     proc = alol("render", repo, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "wrote dvc.yaml (stages changed: evaluate_reference, evaluate)" in flat(proc.stdout)
+    assert (repo / "dvc.yaml.bak").exists()  # the old one, hand edits and all
     with pipeline.working_folder(repo):
         assert (repo / "dvc.yaml").read_text() == pipeline.installed_text(params)
     pipeline.check_rendered(repo)
@@ -277,7 +278,7 @@ def test_a_stale_dvc_yaml_stops_the_stages_until_alol_render(tmp_path):
 
     version = repo / ".alol" / "version"
     version.write_text(version.read_text().replace(__import__("alol").__version__, "0.0.1"))
-    with pytest.raises(AlolError, match=r"names alol 0\.0\.1, and alol .* is installed.*`alol render`"):
+    with pytest.raises(AlolError, match=r"does not name the installed alol .*`alol render`"):
         pipeline.check_rendered(repo)
     assert alol("render", cwd=repo).returncode == 0
     pipeline.check_rendered(repo)

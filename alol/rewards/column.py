@@ -17,8 +17,9 @@ boolean column) or, for preference data with `column: null` (the pair itself: ch
 a Bradley-Terry logit. A logit has no common scale with the pair's 1 / 0, so then the data's replies are
 scored by the stand-in too (on_data: learned): A-LoL's advantage R - V(x) needs R and V on one scale.
 
-A column reward without a stand-in is refused when it is built (before any work): every pipeline
-scores new text (at least the reference's replies that V(x) is fit on).
+A column reward without a stand-in is refused whenever params are read (ColumnConfig.check: every
+stage's first step, so before any work): every pipeline scores new text (at least the reference's
+replies that V(x) is fit on).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def _bounds(cfg: ColumnConfig) -> tuple[float, float] | None:
 
 class Column(Component):
     def __init__(self, cfg: ColumnConfig, assets: Path, where: str):
+        cfg.check(where)  # reward_config checked it already; a config built by hand is checked here
         self.cfg, self.stand_in, self.where = cfg, cfg.stand_in, where
         self.encoder_folder = Path(assets) / cfg.stand_in.encoder
         self._encoder = None

@@ -41,7 +41,7 @@ import yaml
 
 import alol
 from alol.core.errors import AlolError
-from alol.pipeline import INSTALLED_FIRST_LINE, VERSION_FILE, installed_text, working_folder
+from alol.pipeline import INSTALLED_MARK, VERSION_FILE, installed_text, working_folder
 from alol.tasks.dataset import looks_like_hub_id
 
 VERSION_NOTE = (
@@ -82,9 +82,8 @@ def init_repository(folder: Path, data: str, data_format: str = "auto", columns:
     params = check_params(params_text)
     first_commit = setup_repository(folder)
     copied = copy_from is not None and _copy(copy_from, folder / source)
-    with working_folder(folder):  # a local clean.source is a dep where it exists, seen from the repository
-        dvc_text = installed_text(params)
-    files = {"dvc.yaml": dvc_text, "params.yaml": params_text, VERSION_FILE: f"{VERSION_NOTE}{alol.__version__}\n"}
+    rendered = pipeline_files(folder, params)
+    files = {"dvc.yaml": rendered["dvc.yaml"], "params.yaml": params_text, VERSION_FILE: rendered[VERSION_FILE]}
     written = [name for name, text in files.items() if _write(folder / name, text, backup=name != VERSION_FILE)]
     if copied:
         _run([sys.executable, "-m", "dvc", "add", "-q", source], folder)
@@ -95,33 +94,38 @@ def init_repository(folder: Path, data: str, data_format: str = "auto", columns:
 
 
 def render_repository(folder: Path, echo: Callable[[str], None] = print) -> None:
-    """`alol render`: rewrite the dvc.yaml `alol init` wrote (and .alol/version) from the repository's
-    params.yaml as it is now, and with the installed alol. Its stages refuse to run until then
-    (alol.pipeline.check_rendered): their deps follow params (the reward's assets and fitted files, clean.source)."""
+    """`alol render`: rewrite the dvc.yaml `alol init` wrote (the old one kept as dvc.yaml.bak) and .alol/version
+    from the repository's params.yaml as it is now, with the installed alol. Its stages refuse to run until
+    then (alol.pipeline.check_rendered): their deps follow params (the reward's assets and fitted files,
+    clean.source)."""
+    from alol.core.params import load_params
+
     folder = Path(folder).expanduser().resolve()
-    dvc_yaml, params_yaml_path = folder / "dvc.yaml", folder / "params.yaml"
-    for path in (dvc_yaml, params_yaml_path):
+    dvc_yaml = folder / "dvc.yaml"
+    for path in (dvc_yaml, folder / "params.yaml"):
         if not path.exists():
             raise AlolError(f"{path}: does not exist; `alol render` rewrites the dvc.yaml of a repository "
                             "`alol init` set up (run that first).")
-    if not dvc_yaml.read_text().startswith(INSTALLED_FIRST_LINE.split(" from ")[0]):
+    if not dvc_yaml.read_text().startswith(INSTALLED_MARK):
         raise AlolError(f"{dvc_yaml}: was not written by `alol init` (its first line says so when it was); "
                         "`alol render` replaces only its own.")
-    params = check_params(params_yaml_path.read_text())
-    with working_folder(folder):
-        text = installed_text(params)
-    old = yaml.safe_load(dvc_yaml.read_text()).get("stages") or {}
-    new = yaml.safe_load(text)["stages"]
-    changed = [name for name in new if old.get(name) != new[name]]
-    version = f"{VERSION_NOTE}{alol.__version__}\n"
-    written = [name for name, body in (("dvc.yaml", text), (VERSION_FILE, version))
-               if _write(folder / name, body, backup=False)]
+    load_params(folder / "params.yaml")  # the check every stage runs: its errors name the setting
+    files = pipeline_files(folder, yaml.safe_load((folder / "params.yaml").read_text()))
+    old = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    changed = [name for name, entry in yaml.safe_load(files["dvc.yaml"])["stages"].items() if old.get(name) != entry]
+    written = [name for name, body in files.items() if _write(folder / name, body, backup=name == "dvc.yaml")]
     if written:
         echo(f"wrote {', '.join(written)}" + (f" (stages changed: {', '.join(changed)})" if changed else "")
-             + "; next: dvc repro")
+             + (" (the old dvc.yaml kept as dvc.yaml.bak)" if "dvc.yaml" in written else "") + "; next: dvc repro")
     else:
         echo(f"dvc.yaml and {VERSION_FILE} are already what params.yaml and alol {alol.__version__} render")
 
+
+def pipeline_files(folder: Path, params: dict) -> dict[str, str]:
+    """dvc.yaml and .alol/version for the repository `folder` whose params.yaml is `params` (a local
+    clean.source is a dep where it exists, seen from the repository)."""
+    with working_folder(folder):
+        return {"dvc.yaml": installed_text(params), VERSION_FILE: f"{VERSION_NOTE}{alol.__version__}\n"}
 
 
 # --- the choices -------------------------------------------------------------------------------------------
