@@ -485,20 +485,20 @@ def check_rendered(folder: Path) -> None:
         return
     ours = {name: entry for name, entry in ours.items() if isinstance(entry, dict)}
     installed = any(VERSION_FILE in (entry.get("deps") or []) for entry in ours.values())
-    prefixes = [m.group(1) for entry in ours.values()
-                if (m := re.search(r"(\S*)stages/\w+\.py", str(entry.get("cmd", ""))))]
-    if not isinstance(params, dict) or not (installed or prefixes):
+    prefix = "" if installed else next((m.group(1) for entry in ours.values()  # ../../ in pipelines/<task>
+                                        if (m := re.search(r"(\S*)stages/\w+\.py", str(entry.get("cmd", ""))))), None)
+    if not isinstance(params, dict) or prefix is None:
         return  # not a dvc.yaml of ours, or params the stage's own check reports
     if installed:
         import alol
 
-        lines = (folder / VERSION_FILE).read_text().split() if (folder / VERSION_FILE).exists() else []
-        if lines[-1:] != [alol.__version__]:
+        words = (folder / VERSION_FILE).read_text().split() if (folder / VERSION_FILE).exists() else []
+        if words[-1:] != [alol.__version__]:  # the file ends with the version
             raise AlolError(f"{folder / VERSION_FILE}: does not name the installed alol {alol.__version__}, and every "
                             "stage depends on that file, so DVC would keep results of another version: run `alol "
                             "render` there (it rewrites dvc.yaml and .alol/version), then dvc repro.")
     with working_folder(folder):  # paths such as a local clean.source are checked from the pipeline's folder
-        expected = pipeline(params, "" if installed else prefixes[0], installed=installed)["stages"]
+        expected = pipeline(params, prefix, installed=installed)["stages"]
     lacking = {name: missing for name, want in expected.items() if name in ours
                if (missing := [d for d in want["deps"] if d not in (ours[name].get("deps") or [])])}
     if lacking:
